@@ -1,0 +1,50 @@
+"""On-device batch augmentation behind one contract (see :mod:`fastfm.augment.base`).
+
+Backends are chosen by name; optional dependencies (Kornia, DALI) are imported only when their
+backend is chosen.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+
+from .base import Augmenter
+from .config import BACKENDS, AugConfig
+
+# name -> (module, class, pip requirement shown when the import fails)
+_BACKENDS = {
+    "native": ("fastfm.augment.native", "NativeAugmenter", None),
+    "kornia": ("fastfm.augment.kornia_backend", "KorniaAugmenter", "kornia"),
+    "dali": ("fastfm.augment.dali_backend", "DaliAugmenter", "fastfm[dali] (nvidia-dali-cuda130)"),
+}
+
+
+class BackendUnavailable(ImportError):
+    """The chosen backend's optional dependency is not installed."""
+
+
+def create_augmenter(cfg: AugConfig, device: torch.device | str, seed: int = 0,
+                     mean: float = 0.2860, std: float = 0.3530) -> Augmenter:
+    """Build the backend named by ``cfg.backend``.
+
+    ``mean``/``std`` are the training set's pixel statistics (of pixel/255); the defaults are the
+    well-known Fashion-MNIST values, but runs pass the ones computed from the resident data.
+    """
+    cfg.validate()
+    module_name, cls_name, requirement = _BACKENDS[cfg.backend]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        if requirement is None or module_name in str(exc):
+            raise
+        raise BackendUnavailable(
+            f"augmentation backend {cfg.backend!r} needs {requirement}, which is not importable "
+            f"({exc}). Install it (pip install {requirement.split(' ')[0]!r}) or choose another "
+            f"backend with --aug.backend {{{','.join(b for b in BACKENDS if b != cfg.backend)}}}."
+        ) from exc
+    return getattr(module, cls_name)(cfg, device=device, seed=seed, mean=mean, std=std)
+
+
+__all__ = ["AugConfig", "Augmenter", "BACKENDS", "BackendUnavailable", "create_augmenter"]

@@ -1,0 +1,103 @@
+"""The contract every augmentation backend fulfils, and the pieces all of them share.
+
+A backend is built once per run by :func:`fastfm.augment.create_augmenter` and then called per batch:
+
+    x, y = aug(images, labels)
+
+* ``images``: uint8 tensor (B, 1, 28, 28) on the run's device (the resident dataset's storage).
+* ``labels``: int64 tensor (B,) on the same device.
+* ``x``: float32 (B, C, S, S), C = ``cfg.channels``, S = ``cfg.out_size``, normalised with the
+  training-set mean/std, in ``torch.channels_last`` memory format when ``cfg.channels_last``.
+* ``y``: float32 (B, num_classes) soft targets; each row sums to 1.
+
+Randomness comes only from the backend's own generator(s), seeded at construction, so two backends
+built with the same seed produce the same stream, and ``state_dict()`` / ``load_state_dict()``
+capture and restore it for bit-exact resume.  ``eval(images)`` is the deterministic test-time
+transform (resize, centre crop, normalise) with the same output contract as ``x``.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import torch
+
+from .config import AugConfig
+
+
+class Augmenter(abc.ABC):
+    """Base class of all backends (see the module docstring for the contract)."""
+
+    name: str = "?"
+
+    def __init__(self, cfg: AugConfig, device: torch.device | str, seed: int,
+                 mean: float, std: float):
+        cfg.validate()
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.seed = int(seed)
+        self.mean = float(mean)
+        self.std = float(std)
+
+    @abc.abstractmethod
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Augment one training batch; see the module docstring."""
+
+    def eval(self, images: torch.Tensor) -> torch.Tensor:
+        """Deterministic test-time transform: resize, centre crop, normalise, channels, format."""
+        x = images.float()
+        if self.cfg.resize and self.cfg.resize != x.shape[-1]:
+            x = resize_bilinear(x, self.cfg.resize)
+        if self.cfg.crop and self.cfg.crop != x.shape[-1]:
+            off = (x.shape[-1] - self.cfg.crop) // 2
+            x = x[..., off:off + self.cfg.crop, off:off + self.cfg.crop]
+        return finish(normalise(x, self.mean, self.std), self.cfg)
+
+    @abc.abstractmethod
+    def state_dict(self) -> dict:
+        """Everything needed to continue the random stream exactly (generator states)."""
+
+    @abc.abstractmethod
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+
+def check_batch(images: torch.Tensor, labels: torch.Tensor) -> None:
+    """Validate the input half of the contract with clear errors (cheap: metadata only, no sync)."""
+    if images.dtype != torch.uint8:
+        raise TypeError(f"augmenter expects uint8 images, got {images.dtype}")
+    if images.dim() != 4 or images.shape[1] != 1:
+        raise ValueError(f"augmenter expects images of shape (B, 1, H, W), got {tuple(images.shape)}")
+    if labels.dtype != torch.int64 or labels.shape != images.shape[:1]:
+        raise ValueError(f"augmenter expects int64 labels of shape ({images.shape[0]},), "
+                         f"got {labels.dtype} {tuple(labels.shape)}")
+    if labels.device != images.device:
+        raise ValueError(f"images on {images.device} but labels on {labels.device}")
+
+
+def resize_bilinear(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear resize of a float batch (B, C, H, W) -> (B, C, size, size).
+
+    ``antialias=False``: for the 28 -> 36 upsampling of the recipe antialiasing changes nothing, and
+    the plain kernel is what every backend (Kornia, DALI's linear filter) computes.
+    """
+    return torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear",
+                                           align_corners=False, antialias=False)
+
+
+def normalise(x: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """0..255 float/uint8 pixels -> (x/255 - mean) / std, float32."""
+    return (x.float() * (1.0 / 255.0) - mean) / std
+
+
+def finish(x: torch.Tensor, cfg: AugConfig) -> torch.Tensor:
+    """Channel repetition and memory format: the last step of every backend's output."""
+    if cfg.channels == 3 and x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    if cfg.channels_last:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x.contiguous()
+
+
+def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    return torch.nn.functional.one_hot(labels, num_classes).float()

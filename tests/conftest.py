@@ -1,0 +1,50 @@
+"""Shared fixtures.  Tests run on CPU by default; tests marked ``gpu`` run only where CUDA is present.
+
+Real Fashion-MNIST is looked up in ``$FASTFM_DATA`` (default ``./data``), as written by
+``python scripts/prepare_data.py``.  Where it is missing, tests that need it are skipped, except when
+``FASTFM_REQUIRE_DATA=1`` (set by ``.ci/run``), where a missing dataset is an error: CI must not go
+green by skipping.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    root = Path(os.environ.get("FASTFM_DATA", REPO / "data"))
+    raw = root / "FashionMNIST" / "raw"
+    if not (raw / "train-images-idx3-ubyte").exists():
+        msg = f"Fashion-MNIST not found under {raw}; run: python scripts/prepare_data.py --root {root}"
+        if os.environ.get("FASTFM_REQUIRE_DATA") == "1":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return root
+
+
+@pytest.fixture(scope="session")
+def real_images(data_root):
+    """A fixed, class-mixed sample of 2048 real training images: uint8 (2048, 1, 28, 28) and int64 labels."""
+    from fastfm.data.idx import load_split
+
+    images, labels = load_split(data_root, "train")
+    idx = torch.randperm(len(labels), generator=torch.Generator().manual_seed(1234))[:2048]
+    x = torch.from_numpy(images)[idx].unsqueeze(1).contiguous()
+    y = torch.from_numpy(labels)[idx].long()
+    return x, y
