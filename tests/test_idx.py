@@ -1,0 +1,247 @@
+"""IDX reading/writing, per-file and per-split checks, atomic writes, load_split."""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import numpy as np
+import pytest
+
+from fastfm.data import idx
+from fastfm.data.idx import DataError, atomic_writer, check_split, load_split, read_idx, write_idx
+
+
+def _images(n=12, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, 28, 28), dtype=np.uint8)
+
+
+def _labels(n=12):
+    return (np.arange(n) % 10).astype(np.uint8)
+
+
+def _leftovers(folder):
+    return [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+@pytest.mark.parametrize("array", [_images(), _labels()], ids=["images", "labels"])
+def test_round_trip(tmp_path, suffix, array):
+    path = tmp_path / f"x-ubyte{suffix}"
+    write_idx(path, array)
+    back = read_idx(path)
+    assert back.dtype == np.uint8 and back.shape == array.shape
+    np.testing.assert_array_equal(back, array)
+    assert back.flags.writeable
+    assert (path.read_bytes()[:2] == b"\x1f\x8b") == (suffix == ".gz")
+
+
+def test_header_layout(tmp_path):
+    write_idx(tmp_path / "i", _images(3))
+    write_idx(tmp_path / "l", _labels(3))
+    assert struct.unpack(">4I", (tmp_path / "i").read_bytes()[:16]) == (2051, 3, 28, 28)
+    assert struct.unpack(">2I", (tmp_path / "l").read_bytes()[:8]) == (2049, 3)
+    assert (tmp_path / "i").stat().st_size == 16 + 3 * 28 * 28
+
+
+def test_gzip_detected_by_content_not_name(tmp_path):
+    write_idx(tmp_path / "a.gz", _labels())
+    (tmp_path / "a.gz").rename(tmp_path / "gzipped-without-suffix")
+    write_idx(tmp_path / "b", _labels())
+    (tmp_path / "b").rename(tmp_path / "plain-named.gz")
+    for name in ("gzipped-without-suffix", "plain-named.gz"):
+        np.testing.assert_array_equal(read_idx(tmp_path / name), _labels())
+
+
+def test_gzip_output_is_deterministic(tmp_path):
+    # Neither a timestamp nor the temporary file's name may end up in the gzip header.
+    write_idx(tmp_path / "a.gz", _images())
+    write_idx(tmp_path / "b.gz", _images())
+    assert (tmp_path / "a.gz").read_bytes() == (tmp_path / "b.gz").read_bytes()
+
+
+@pytest.mark.parametrize("bad", [np.zeros(3, np.int64), np.zeros((2, 28), np.uint8)])
+def test_write_rejects_wrong_dtype_or_rank(tmp_path, bad):
+    with pytest.raises(ValueError):
+        write_idx(tmp_path / "x", bad)
+    assert not list(tmp_path.iterdir())
+
+
+# --- bad files: each error names the file and the problem -------------------------------------
+
+def _gz_labels(tmp_path, n=5000):
+    path = tmp_path / "train-labels-idx1-ubyte.gz"
+    write_idx(path, np.random.default_rng(1).integers(0, 10, n, dtype=np.uint8))
+    return path
+
+
+def test_truncated_gzip(tmp_path):
+    path = _gz_labels(tmp_path)
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(DataError, match=r"train-labels-idx1-ubyte\.gz: truncated gzip"):
+        read_idx(path)
+
+
+def test_corrupt_gzip(tmp_path):
+    path = _gz_labels(tmp_path)
+    data = bytearray(path.read_bytes())
+    data[40:60] = bytes(b ^ 0xFF for b in data[40:60])
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"train-labels-idx1-ubyte\.gz: corrupt gzip"):
+        read_idx(path)
+
+
+def test_corrupt_gzip_crc(tmp_path):
+    path = _gz_labels(tmp_path)
+    data = bytearray(path.read_bytes())
+    data[-8] ^= 0xFF  # the CRC32 in the trailer
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"\.gz: corrupt gzip .*CRC"):
+        read_idx(path)
+
+
+def test_wrong_magic(tmp_path):
+    path = tmp_path / "t10k-images-idx3-ubyte"
+    path.write_bytes(struct.pack(">4I", 2052, 1, 28, 28) + bytes(784))
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte: wrong magic number 2052"):
+        read_idx(path)
+
+
+def test_truncated_header(tmp_path):
+    path = tmp_path / "t10k-images-idx3-ubyte"
+    path.write_bytes(struct.pack(">2I", 2051, 1))
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte: truncated header"):
+        read_idx(path)
+
+
+def test_length_short(tmp_path):
+    path = tmp_path / "t10k-images-idx3-ubyte"
+    path.write_bytes(struct.pack(">4I", 2051, 2, 28, 28) + bytes(784 + 10))
+    with pytest.raises(DataError,
+                       match=r"t10k-images-idx3-ubyte: length mismatch \(truncated\).* 1568 .* 794"):
+        read_idx(path)
+
+
+def test_length_trailing_bytes(tmp_path):
+    path = tmp_path / "t10k-labels-idx1-ubyte"
+    path.write_bytes(struct.pack(">2I", 2049, 3) + bytes(4))
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte: length mismatch \(trailing bytes\)"):
+        read_idx(path)
+
+
+def test_huge_declared_count_does_not_allocate(tmp_path):
+    path = tmp_path / "t10k-images-idx3-ubyte"
+    path.write_bytes(struct.pack(">4I", 2051, 2**31, 28, 28) + bytes(784))
+    with pytest.raises(DataError, match="length mismatch"):
+        read_idx(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(DataError, match=r"nope-ubyte: file not found"):
+        read_idx(tmp_path / "nope-ubyte")
+
+
+# --- split checks ----------------------------------------------------------------------------
+
+def _test_split(n=10_000):
+    labels = (np.arange(n) % 10).astype(np.uint8)
+    return np.zeros((n, 28, 28), np.uint8), labels
+
+
+def test_check_split_accepts_valid():
+    check_split("test", *_test_split(), "img", "lbl")
+
+
+@pytest.mark.parametrize("mutate, pattern", [
+    (lambda x, y: (x[:-1], y[:-1]), r"lbl: wrong count: 9999 test examples, expected 10000"),
+    (lambda x, y: (x[:-1], y), r"img holds 9999 images but lbl holds 10000 labels"),
+    (lambda x, y: (x, np.where(np.arange(len(y)) == 7, 10, y).astype(np.uint8)),
+     r"lbl: labels out of range 0\.\.9: 1 bad, first 10 at index 7"),
+    (lambda x, y: (x, np.where(np.arange(len(y)) == 1, 0, y).astype(np.uint8)),
+     r"lbl: class imbalance: per-class counts \[1001, 999, 1000"),
+    (lambda x, y: (x[:, :27, :], y), r"img: images are 27x28, expected 28x28"),
+    (lambda x, y: (y, y), r"img: holds a labels file"),
+    (lambda x, y: (x, x), r"lbl: holds an images file"),
+])
+def test_check_split_errors(mutate, pattern):
+    with pytest.raises(DataError, match=pattern):
+        check_split("test", *mutate(*_test_split()), "img", "lbl")
+
+
+def test_load_split(tmp_path):
+    images, labels = _test_split()
+    raw = idx.raw_dir(tmp_path)
+    raw.mkdir(parents=True)
+    write_idx(raw / "t10k-images-idx3-ubyte.gz", images)  # .gz alone is enough
+    write_idx(raw / "t10k-labels-idx1-ubyte", labels)
+    x, y = load_split(tmp_path, "test")
+    assert x.dtype == np.uint8 and x.shape == (10_000, 28, 28) and x.flags.writeable
+    assert y.dtype == np.int64 and (y == labels).all()
+
+
+def test_load_split_names_file_on_bad_labels(tmp_path):
+    images, labels = _test_split()
+    labels[0] = 11
+    raw = idx.raw_dir(tmp_path)
+    raw.mkdir(parents=True)
+    write_idx(raw / "t10k-images-idx3-ubyte", images)
+    write_idx(raw / "t10k-labels-idx1-ubyte", labels)
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte: labels out of range"):
+        load_split(tmp_path, "test")
+
+
+def test_load_split_missing_gives_hint(tmp_path):
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte: not found .*"
+                                        r"run: python scripts/prepare_data.py --root "):
+        load_split(tmp_path, "train")
+    with pytest.raises(ValueError):
+        load_split(tmp_path, "val")
+
+
+# --- atomic writes -----------------------------------------------------------------------------
+
+def test_atomic_write_interrupted_by_failing_rename(tmp_path, monkeypatch):
+    path = tmp_path / "train-labels-idx1-ubyte"
+    write_idx(path, _labels())
+    old = path.read_bytes()
+
+    def broken_replace(src, dst):
+        raise OSError("simulated crash at rename")
+
+    monkeypatch.setattr(idx.os, "replace", broken_replace)
+    with pytest.raises(OSError, match="simulated"):
+        write_idx(path, _labels(50))
+    assert path.read_bytes() == old
+    assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt])
+def test_atomic_write_interrupted_midway(tmp_path, exc):
+    path = tmp_path / "x.gz"
+    write_idx(path, _images())
+    old = path.read_bytes()
+    with pytest.raises(exc):
+        with atomic_writer(path) as f:
+            f.write(b"partial")
+            raise exc()
+    assert path.read_bytes() == old
+    assert _leftovers(tmp_path) == []
+
+
+def test_atomic_write_new_file_not_created_on_failure(tmp_path):
+    path = tmp_path / "new"
+    with pytest.raises(RuntimeError):
+        with atomic_writer(path) as f:
+            f.write(b"partial")
+            raise RuntimeError
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_write_uses_umask_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_idx(tmp_path / "x", _labels())
+    finally:
+        os.umask(old)
+    assert (tmp_path / "x").stat().st_mode & 0o777 == 0o644
+
