@@ -1,0 +1,356 @@
+"""The augmentation contract (:mod:`fastfm.augment.base`), checked for every backend in ``BACKENDS``.
+
+Output half of the contract (shapes, dtypes, ranges, memory format, soft targets), seeding and
+resume, input validation, and per-op statistics: each statistic switches one op on with
+``AugConfig.off(...)`` and compares against the deterministic reference (bilinear resize +
+normalise, from :mod:`fastfm.augment.base`).  A backend is skipped only while its module does not
+exist yet; a backend whose module exists but fails is a failure.  All on CPU.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+
+import pytest
+import torch
+
+from fastfm.augment import _BACKENDS, BACKENDS, AugConfig, create_augmenter
+from fastfm.augment.base import normalise, resize_bilinear
+from fastfm.augment.mix import sample_beta
+
+MEAN, STD = 0.2860, 0.3530
+LO, HI = (0.0 - MEAN) / STD, (1.0 - MEAN) / STD          # normalised range of pixels in [0, 255]
+MATCH_TOL = 0.02   # normalised units (~1.8 grey levels): "this output is that reference window"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_intra_op_thread():
+    """These tests run thousands of small ops; on a 2-core machine that is busy with anything else,
+    intra-op thread barriers make each op many times slower.  One thread keeps them fast and steady."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _require(name: str) -> None:
+    """Skip only while the backend's module itself does not exist (being written in parallel)."""
+    module_name = _BACKENDS[name][0]
+    try:
+        importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            pytest.skip(f"{module_name} does not exist yet")
+        raise
+
+
+@pytest.fixture(params=BACKENDS)
+def make(request):
+    """``make(cfg_or_None, seed=0, **overrides)`` -> augmenter of this backend on the CPU."""
+    name = request.param
+    _require(name)
+
+    def build(cfg: AugConfig | None = None, seed: int = 0, **overrides):
+        cfg = cfg if cfg is not None else AugConfig(**overrides)
+        cfg.backend = name
+        return create_augmenter(cfg, "cpu", seed=seed, mean=MEAN, std=STD)
+
+    return build
+
+
+@pytest.fixture(scope="module")
+def batch4k(real_images):
+    """4096 samples (the 2048 real images twice: the two copies get independent draws)."""
+    x, y = real_images
+    return torch.cat([x, x]), torch.cat([y, y])
+
+
+def reference(images: torch.Tensor, size: int = 36) -> torch.Tensor:
+    """The deterministic resize-only output (float, normalised), before any random op."""
+    x = images.float()
+    if size != x.shape[-1]:
+        x = resize_bilinear(x, size)
+    return normalise(x, MEAN, STD)
+
+
+# ----------------------------------------------------------------------------- output contract
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_output_contract(make, real_images, channels, channels_last):
+    images, labels = real_images[0][:256], real_images[1][:256]
+    aug = make(channels=channels, channels_last=channels_last, mixup_p=0.25)
+    x, y = aug(images, labels)
+    b = len(images)
+    assert x.shape == (b, channels, 32, 32) and x.dtype == torch.float32
+    assert y.shape == (b, 10) and y.dtype == torch.float32
+    assert x.device == images.device and y.device == images.device
+    if channels_last:
+        assert x.is_contiguous(memory_format=torch.channels_last)
+    else:
+        assert x.is_contiguous()
+    assert torch.isfinite(x).all() and torch.isfinite(y).all()
+    assert x.min() >= LO - 1e-4 and x.max() <= HI + 1e-4, (x.min(), x.max())
+    assert x.std() > 0.3                                       # not collapsed
+    if channels == 3:
+        assert torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 0], x[:, 2])
+    assert (y >= 0).all() and (y <= 1).all()
+    torch.testing.assert_close(y.sum(1), torch.ones(b), atol=1e-5, rtol=0)
+    # labels survive: the own class keeps the largest weight unless the sample was mixed to >= 1/2
+    assert (y.argmax(1) == labels).float().mean() > 0.5
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_eval_contract(make, real_images, channels):
+    images = real_images[0][:128]
+    aug = make(channels=channels)
+    x = aug.eval(images)
+    assert x.shape == (128, channels, 32, 32) and x.dtype == torch.float32
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    ref = reference(images)[..., 2:34, 2:34].expand(-1, channels, -1, -1)
+    torch.testing.assert_close(x, ref, atol=1e-4, rtol=0)
+    assert torch.equal(aug.eval(images), x)
+
+
+def test_pipeline_without_ops_is_the_reference(make, real_images):
+    """All random ops off and no crop: output is the resize-only reference (one-hot targets)."""
+    images, labels = real_images[0][:256], real_images[1][:256]
+    x, y = make(AugConfig.off(crop=0))(images, labels)
+    torch.testing.assert_close(x, reference(images), atol=1e-3, rtol=0)
+    assert torch.equal(y, torch.nn.functional.one_hot(labels, 10).float())
+
+
+# ----------------------------------------------------------------------------- seeds and resume
+
+
+def test_same_seed_same_stream(make, real_images):
+    images, labels = real_images[0][:256], real_images[1][:256]
+    a, b, c = make(seed=7, mixup_p=0.25), make(seed=7, mixup_p=0.25), make(seed=8, mixup_p=0.25)
+    for _ in range(2):                                          # two consecutive batches
+        xa, ya = a(images, labels)
+        xb, yb = b(images, labels)
+        xc, yc = c(images, labels)
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+        assert not torch.equal(xa, xc)
+        assert not torch.equal(ya, yc)
+
+
+def test_state_dict_resume(make, real_images):
+    """Save mid-stream; a new augmenter built as a resumed run builds it (same config and seed) and
+    advanced elsewhere, then restored, produces the identical next batches."""
+    images, labels = real_images[0][:256], real_images[1][:256]
+    a = make(seed=3, mixup_p=0.25)
+    a(images, labels)
+    state = a.state_dict()
+    x1, y1 = a(images, labels)
+    x2, y2 = a(images, labels)
+    b = make(seed=3, mixup_p=0.25)
+    for _ in range(3):                                          # somewhere else in the stream
+        b(images, labels)
+    b.load_state_dict(state)
+    x1b, y1b = b(images, labels)
+    x2b, y2b = b(images, labels)
+    assert torch.equal(x1, x1b) and torch.equal(y1, y1b)
+    assert torch.equal(x2, x2b) and torch.equal(y2, y2b)
+    assert not torch.equal(x1, x2)                              # and the stream does move on
+
+
+def test_rejects_bad_input(make, real_images):
+    images, labels = real_images[0][:8], real_images[1][:8]
+    aug = make()
+    with pytest.raises(TypeError, match="uint8"):
+        aug(images.float(), labels)
+    with pytest.raises(ValueError, match="shape"):
+        aug(images[:, 0], labels)                               # (B, 28, 28)
+    with pytest.raises(ValueError, match="shape"):
+        aug(images.expand(-1, 3, -1, -1).contiguous(), labels)  # 3 channels in
+    with pytest.raises(ValueError, match="int64"):
+        aug(images, labels.int())
+    with pytest.raises(ValueError, match="int64"):
+        aug(images, labels[:4])
+
+
+# ----------------------------------------------------------------------------- op statistics
+
+
+def _rate_ok(k: int, n: int, p: float, sigmas: float = 4.0) -> bool:
+    return abs(k / n - p) <= sigmas * math.sqrt(p * (1 - p) / n) + 1e-12
+
+
+@pytest.mark.parametrize("p", [0.25, 1.0])
+def test_flip_rate(make, batch4k, p):
+    images, labels = batch4k
+    x, _ = make(AugConfig.off(crop=0, flip_p=p))(images, labels)
+    ref = reference(images)
+    err_keep = (x - ref).abs().amax(dim=(1, 2, 3))
+    err_flip = (x - ref.flip(-1)).abs().amax(dim=(1, 2, 3))
+    assert (torch.minimum(err_keep, err_flip) < MATCH_TOL).all(), "output is neither image nor mirror"
+    # only images that differ clearly from their mirror can tell flipped from not flipped
+    clear = (ref - ref.flip(-1)).abs().amax(dim=(1, 2, 3)) > 0.5
+    n = int(clear.sum())
+    assert n > 3000
+    k = int((err_flip < err_keep)[clear].sum())
+    assert _rate_ok(k, n, p), f"flip rate {k / n:.4f}, expected {p}"
+
+
+def test_crop_offsets_uniform(make, batch4k):
+    """Every (top, left) in 0..4 x 0..4 equally likely: identify each sample's window, chi-square."""
+    images, labels = batch4k
+    x, _ = make(AugConfig.off())(images, labels)
+    assert x.shape[-2:] == (32, 32)
+    ref = reference(images)
+    errs = torch.stack([(x - ref[..., t:t + 32, l:l + 32]).abs().amax(dim=(1, 2, 3))
+                        for t in range(5) for l in range(5)], dim=1)      # (B, 25)
+    best_err, best = errs.min(dim=1)
+    assert (best_err < MATCH_TOL).all(), "an output is not a 32x32 window of the resized image"
+    counts = torch.bincount(best, minlength=25).double()
+    expected = len(images) / 25
+    chi2 = ((counts - expected) ** 2 / expected).sum().item()
+    assert chi2 < 60, f"chi-square {chi2:.1f} (24 dof; 99.99% quantile ~ 55): {counts.tolist()}"
+    rows, cols = counts.view(5, 5).sum(1), counts.view(5, 5).sum(0)
+    assert (rows > expected * 5 * 0.8).all() and (cols > expected * 5 * 0.8).all()
+
+
+def test_erasing_boxes(make, batch4k):
+    """Rate ~ p; one axis-aligned rectangle filled with erasing_value; its size is one that
+    torchvision's get_params can produce (area fraction and aspect ratio in range, up to the
+    rounding of h and w); pixels outside it untouched."""
+    images, labels = batch4k
+    cfg = AugConfig.off(resize=0, crop=0, erasing_p=0.5, erasing_value=5.0)
+    x, _ = make(cfg)(images, labels)
+    mask = (x == 5.0)[:, 0]                                     # value impossible for real pixels
+    ref = reference(images, 28)
+    torch.testing.assert_close(torch.where(mask.unsqueeze(1), ref, x), ref, atol=1e-4, rtol=0)
+    erased = mask.flatten(1).any(1)
+    k, n = int(erased.sum()), len(images)
+    assert _rate_ok(k, n, cfg.erasing_p), f"erasing rate {k / n:.4f}"
+    m = mask[erased]
+    rows, cols = m.any(2), m.any(1)                             # (k, H), (k, W)
+    h, w = rows.sum(1).double(), cols.sum(1).double()
+    assert torch.equal(m.flatten(1).sum(1).double(), h * w), "erased region is not a rectangle"
+    first_r, first_c = rows.int().argmax(1), cols.int().argmax(1)
+    # contiguous: last row - first row + 1 == h (and the same for columns)
+    assert (rows.int().flip(1).argmax(1) == 28 - first_r - h.long()).all()
+    assert (cols.int().flip(1).argmax(1) == 28 - first_c - w.long()).all()
+    hw = 28 * 28
+    (a0, a1), (r0, r1) = cfg.erasing_scale, cfg.erasing_ratio
+    assert ((h < 28) & (w < 28)).all()
+    assert ((h + 0.5) * (w + 0.5) >= a0 * hw).all() and ((h - 0.5) * (w - 0.5) <= a1 * hw).all()
+    assert ((h + 0.5) / (w - 0.5) >= r0).all() and ((h - 0.5) / (w + 0.5) <= r1).all()
+    # distribution sanity: mean area near the middle of the scale range, log-ratio centred
+    frac = (h * w / hw).mean().item()
+    assert 0.14 < frac < 0.21, frac
+    assert abs(torch.log(h / w).mean().item()) < 0.1
+    # every top-left position class appears (corners included)
+    assert first_r.min() == 0 and first_c.min() == 0
+    assert (first_r + h.long()).max() == 28 and (first_c + w.long()).max() == 28
+
+
+def _constant_batch(n: int = 200, seed: int = 0):
+    """n constant images with distinct grey levels, and random labels."""
+    g = torch.Generator().manual_seed(seed)
+    values = torch.randperm(256, generator=g)[:n].to(torch.uint8)
+    images = values.view(n, 1, 1, 1).expand(n, 1, 28, 28).contiguous()
+    labels = torch.randint(0, 10, (n,), generator=g)
+    return images, labels, values
+
+
+def test_cutmix_weight_is_pasted_area(make):
+    """CutMix: the partner's target weight equals the fraction of its pixels pasted in, exactly."""
+    images, labels, values = _constant_batch()
+    x, y = make(AugConfig.off(resize=0, crop=0, cutmix_p=1.0))(images, labels)
+    torch.testing.assert_close(y.sum(1), torch.ones(len(y)), atol=1e-6, rtol=0)
+    level = ((x[:, 0] * STD + MEAN) * 255).round().long().flatten(1)        # (B, 784) grey levels
+    owner = torch.full((256,), -1, dtype=torch.long)
+    owner[values.long()] = torch.arange(len(values))
+    src = owner[level]                                                      # sample each pixel came from
+    assert (src >= 0).all(), "pixel from no sample of the batch"
+    me = torch.arange(len(values)).view(-1, 1)
+    pasted = src != me
+    frac = pasted.double().mean(1)
+    partner = torch.where(pasted, src, torch.full_like(src, -1)).amax(1)
+    # one partner per sample, never itself
+    same = torch.where(pasted, src == partner.view(-1, 1), torch.ones_like(pasted))
+    assert same.all()
+    has = frac > 0
+    assert has.float().mean() > 0.8                                        # mostly non-empty boxes
+    pl = labels[partner.clamp(min=0)]
+    differ = has & (pl != labels)
+    assert differ.sum() > 50
+    i = differ.nonzero().squeeze(1)
+    torch.testing.assert_close(y[i, pl[i]].double(), frac[i], atol=1e-6, rtol=0)
+    torch.testing.assert_close(y[i, labels[i]].double(), 1 - frac[i], atol=1e-6, rtol=0)
+    # pasted pixels form a rectangle
+    box = pasted.view(-1, 28, 28)[has]
+    hh, ww = box.any(2).sum(1), box.any(1).sum(1)
+    assert torch.equal(box.flatten(1).sum(1), hh * ww)
+    # samples with nothing pasted (empty box) keep their one-hot target
+    j = (~has).nonzero().squeeze(1)
+    assert torch.equal(y[j], torch.nn.functional.one_hot(labels[j], 10).float())
+
+
+def test_mixup_weights(make):
+    """MixUp: weights in [0, 1], and the blended pixels agree with the soft target's weight
+    (partner i - 1, as documented in fastfm.augment.mix)."""
+    images, labels, values = _constant_batch(seed=1)
+    x, y = make(AugConfig.off(resize=0, crop=0, mixup_p=1.0))(images, labels)
+    assert (y >= 0).all() and (y <= 1).all()
+    torch.testing.assert_close(y.sum(1), torch.ones(len(y)), atol=1e-6, rtol=0)
+    flat = x.flatten(1)
+    assert (flat.amax(1) - flat.amin(1) < 1e-5).all()                     # blends of constants
+    own = normalise(values.float(), MEAN, STD)
+    partner = own.roll(1)
+    pl = labels.roll(1)
+    differ = pl != labels
+    w = y[torch.arange(len(y)), pl]
+    expect = (1 - w) * own + w * partner
+    torch.testing.assert_close(flat[differ, 0], expect[differ], atol=2e-5, rtol=0)
+    assert w[differ].std() > 0.05                                          # random, not constant
+
+
+def _aa_kinds(x: torch.Tensor, src: torch.Tensor):
+    """Classify outputs of one repeated source image: identity / pointwise (a lookup table of the
+    input grey level) / non-pointwise (geometric, sharpness); and count distinct outputs."""
+    q = ((x[:, 0] * STD + MEAN) * 255).round().clamp(0, 255).long().flatten(1)   # (B, HW)
+    u = src.flatten().long().expand_as(q)
+    lo = torch.full((len(q), 256), 255).scatter_reduce(1, u, q, "amin")
+    hi = torch.zeros(len(q), 256, dtype=torch.long).scatter_reduce(1, u, q, "amax")
+    present = torch.zeros(256, dtype=torch.bool)
+    present[src.flatten().long()] = True
+    pointwise = ((lo == hi) | ~present).all(1)
+    identity = (q == u).all(1)
+    return (int(identity.sum()), int((pointwise & ~identity).sum()), int((~pointwise).sum()),
+            torch.unique(q, dim=0).shape[0])
+
+
+@pytest.mark.parametrize("policy", ["cifar10", "svhn"])
+def test_autoaugment_sub_policy_per_sample(make, real_images, policy):
+    """One batch of copies of one image: a per-sample policy gives, in every batch, untouched copies,
+    pointwise-coloured copies and geometrically changed copies, and far more distinct results
+    than one sub-policy could (2 coins x 2 signs x 2 signs = at most 16)."""
+    src = real_images[0][0:1]
+    images = src.expand(512, -1, -1, -1).contiguous()
+    labels = real_images[1][:1].expand(512).contiguous()
+    aug = make(AugConfig.off(resize=0, crop=0, autoaugment=policy))
+    results = [_aa_kinds(aug(images, labels)[0], src[0, 0]) for _ in range(3)]
+    # (all three backends draw the sub-policy per sample; Kornia's stock AutoAugment would not)
+    per_sample = all(i > 0 and p > 0 and g > 0 and d > 16 for i, p, g, d in results)
+    assert per_sample, f"(identity, pointwise, non-pointwise, distinct) per batch: {results}"
+
+
+# ----------------------------------------------------------------------------- shared: Beta draws
+
+
+@pytest.mark.parametrize("alpha", [0.2, 1.0])
+def test_sample_beta_moments(alpha):
+    n = 400_000
+    x = sample_beta(alpha, n, torch.Generator().manual_seed(0), "cpu").double()
+    assert torch.isfinite(x).all() and (x >= 0).all() and (x <= 1).all()
+    var = 1.0 / (4.0 * (2.0 * alpha + 1.0))                    # Beta(a, a): mean 1/2
+    assert abs(x.mean().item() - 0.5) < 4 * math.sqrt(var / n)
+    assert abs(x.var().item() / var - 1.0) < 0.02
+    if alpha == 1.0:                                            # Beta(1, 1) is uniform
+        hist = torch.histc(x, bins=10, min=0, max=1) / n
+        assert (hist - 0.1).abs().max() < 0.005
