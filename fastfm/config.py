@@ -1,0 +1,458 @@
+"""The one typed configuration of a training run: dataclasses filled from YAML, then from the CLI.
+
+Precedence: the dataclass defaults, then the YAML preset (``--config``), then ``--section.key value``
+overrides.  A bare ``--key`` names a top-level key (``--name``) or, when only one section has it,
+that section's key (``--epochs`` is ``--train.epochs``, ``--lr`` is ``--optim.lr``).
+
+Every key is declared once, with its type, default and help, below.  Loading checks every key and
+value and raises :class:`ConfigError` naming the key (``optim.lrr: unknown key (did you mean
+'optim.lr'?)``); :meth:`Config.to_dict` gives the resolved configuration that every run folder and
+checkpoint keeps, and :meth:`Config.from_dict` rebuilds it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .augment.config import AugConfig
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "ranger")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+RESUME = ("no", "yes", "auto")
+ON_NONFINITE = ("stop", "skip")
+PRESETS = Path(__file__).resolve().parents[1] / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is invalid; the message starts with the dotted key."""
+
+
+def opt(default, help: str):  # noqa: A002 - "help" reads best at the call sites
+    """A config field: its default (an immutable value) and the help line shown by ``--help``."""
+    return field(default=default, metadata={"help": help})
+
+
+def section(cls):
+    """A config section: a nested dataclass, fresh for every :class:`Config`."""
+    return field(default_factory=cls)
+
+
+@dataclass
+class DataConfig:
+    root: str = opt("data", "folder holding FashionMNIST/raw (python scripts/prepare_data.py)")
+    train_limit: int = opt(0, "train on the first N training images only (0 = all 60000)")
+    test_limit: int = opt(0, "evaluate on the first N test images only (0 = all 10000)")
+
+    def validate(self) -> None:
+        for name in ("train_limit", "test_limit"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"data.{name}: must be >= 0 (0 = all), got {getattr(self, name)}")
+
+
+@dataclass
+class ModelConfig:
+    name: str = opt("wrn", "'wrn' (WideResNet, depth/width below) or a timm model name (resnet34, ...)")
+    depth: int = opt(40, "WRN depth, 6n + 4 (10, 16, 22, 28, 40)")
+    width: int = opt(4, "WRN widening factor k")
+    act: str = opt("default", "activation: default (ReLU for WRN, the model's own for timm), relu, "
+                              "mish; timm models take any timm activation name")
+    dropout: float = opt(0.0, "WRN: dropout between the two convs of a block; timm: drop_rate")
+    pretrained: str = opt("", "local weights file to start from ('' = random init; no hub access)")
+
+    def validate(self) -> None:
+        if not self.name:
+            raise ConfigError("model.name: must not be empty")
+        if self.name == "wrn":
+            if self.depth < 10 or (self.depth - 4) % 6:
+                raise ConfigError(f"model.depth: WRN depth must be 6n + 4 with n >= 1 "
+                                  f"(10, 16, 22, 28, 40, ...), got {self.depth}")
+            if self.width < 1:
+                raise ConfigError(f"model.width: must be >= 1, got {self.width}")
+            if self.act not in ("default", "relu", "mish"):
+                raise ConfigError(f"model.act: WRN supports default, relu or mish, got {self.act!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout: must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class OptimConfig:
+    name: str = opt("adam", "adam | adamw | sgd (Nesterov) | ranger (Lookahead + RAdam)")
+    lr: float = opt(3e-4, "peak learning rate (after warm-up) for the global batch train.batch_size")
+    weight_decay: float = opt(5e-4, "L2 penalty (decoupled for adamw); biases and norm weights get none")
+    momentum: float = opt(0.9, "sgd momentum")
+    betas: tuple[float, float] = opt((0.9, 0.999), "adam/adamw/ranger betas")
+    eps: float = opt(1e-8, "adam/adamw/ranger epsilon")
+    fused: bool = opt(True, "torch's fused CUDA kernels for adam/adamw/sgd (ignored on CPU and for ranger)")
+    clip_grad: float = opt(0.0, "clip the global gradient L2 norm to this value (0 = off)")
+
+    def validate(self) -> None:
+        if self.name not in OPTIMIZERS:
+            raise ConfigError(f"optim.name: {self.name!r} is not one of {', '.join(OPTIMIZERS)}")
+        if self.lr <= 0:
+            raise ConfigError(f"optim.lr: must be > 0, got {self.lr}")
+        for name in ("weight_decay", "clip_grad", "eps"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"optim.{name}: must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"optim.momentum: must be in [0, 1), got {self.momentum}")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"optim.betas: each must be in [0, 1), got {list(self.betas)}")
+
+
+@dataclass
+class SchedConfig:
+    warmup_epochs: float = opt(10.0, "linear warm-up length in epochs, applied per step (0 = none; "
+                                     "longer than the run = the whole run warms up)")
+    start_factor: float = opt(0.01, "warm-up starts at optim.lr * start_factor (report: 3e-6 -> 3e-4)")
+    end_factor: float = opt(0.0, "cosine decay ends at optim.lr * end_factor")
+
+    def validate(self) -> None:
+        if self.warmup_epochs < 0:
+            raise ConfigError(f"sched.warmup_epochs: must be >= 0, got {self.warmup_epochs}")
+        for name in ("start_factor", "end_factor"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"sched.{name}: must be in [0, 1], got {getattr(self, name)}")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = opt(400, "training epochs")
+    batch_size: int = opt(128, "global batch (all ranks together); each rank takes batch_size / world_size")
+    label_smoothing: float = opt(0.0, "label smoothing, applied to the (CutMix/MixUp) soft targets")
+    precision: str = opt("auto", "auto (bf16 on CUDA where supported, else fp16 + grad scaler; fp32 "
+                                 "on CPU) | fp32 | bf16 | fp16")
+    compile: bool = opt(False, "torch.compile the model (before the DDP wrap)")
+    sync_bn: bool = opt(True, "SyncBatchNorm across GPUs under DDP (CUDA only)")
+    device: str = opt("auto", "auto (CUDA when present) | cpu | cuda | cuda:N")
+    seed: int = opt(0, "seed of model init, data order, augmentation and dropout")
+    deterministic: bool = opt(False, "deterministic kernels (slower on CUDA; needed for bit-exact resume there)")
+    resume: str = opt("no", "no | yes (continue from the run folder's last.pt) | auto (resume when last.pt "
+                            "exists, else start afresh: for relaunches by torchrun or a scheduler)")
+    on_nonfinite: str = opt("stop", "a NaN/inf loss: stop (with the step named) | skip the step")
+    log_every: int = opt(20, "steps between progress refreshes: the only host syncs inside an epoch")
+    progress: bool = opt(True, "show a tqdm progress bar (rank 0)")
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"train.epochs: must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ConfigError(f"train.batch_size: must be >= 1, got {self.batch_size}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"train.label_smoothing: must be in [0, 1), got {self.label_smoothing}")
+        for name, allowed in (("precision", PRECISIONS), ("resume", RESUME), ("on_nonfinite", ON_NONFINITE)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"train.{name}: {getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda"):
+            raise ConfigError(f"train.device: {self.device!r} is not auto, cpu, cuda or cuda:N")
+        if self.log_every < 1:
+            raise ConfigError(f"train.log_every: must be >= 1, got {self.log_every}")
+
+
+@dataclass
+class EmaConfig:
+    enabled: bool = opt(False, "keep an exponential moving average of the weights (evaluated alongside)")
+    decay: float = opt(0.9998, "EMA decay per step")
+    warmup: bool = opt(True, "ramp the decay up from 0 over the first steps (timm ModelEmaV3 warm-up)")
+
+    def validate(self) -> None:
+        if not 0.0 < self.decay < 1.0:
+            raise ConfigError(f"ema.decay: must be in (0, 1), got {self.decay}")
+
+
+@dataclass
+class EvalConfig:
+    every: int = opt(1, "evaluate on the test set every N epochs (0 = only after the last)")
+    batch_size: int = opt(1000, "evaluation batch per rank")
+    tta: bool = opt(True, "after training, also report test-time augmentation (flips and shifts)")
+    tta_flip: bool = opt(True, "TTA: add horizontally flipped views")
+    tta_shift: int = opt(2, "TTA: add views shifted by (+-s, +-s) input pixels (0 = none)")
+
+    def validate(self) -> None:
+        if self.every < 0:
+            raise ConfigError(f"eval.every: must be >= 0, got {self.every}")
+        if self.batch_size < 1:
+            raise ConfigError(f"eval.batch_size: must be >= 1, got {self.batch_size}")
+        if not 0 <= self.tta_shift < 14:
+            raise ConfigError(f"eval.tta_shift: must be in 0..13 pixels, got {self.tta_shift}")
+
+
+@dataclass
+class Config:
+    name: str = opt("", "run name: the run folder is out_dir/name ('' = the preset file's name)")
+    out_dir: str = opt("runs", "parent folder of run folders")
+    data: DataConfig = section(DataConfig)
+    model: ModelConfig = section(ModelConfig)
+    aug: AugConfig = section(AugConfig)
+    optim: OptimConfig = section(OptimConfig)
+    sched: SchedConfig = section(SchedConfig)
+    train: TrainConfig = section(TrainConfig)
+    ema: EmaConfig = section(EmaConfig)
+    eval: EvalConfig = section(EvalConfig)
+
+    def validate(self) -> "Config":
+        """Check every section; returns ``self``.  Raises :class:`ConfigError` naming the key."""
+        self.data.validate()
+        self.model.validate()
+        try:
+            self.aug.validate()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        self.optim.validate()
+        self.sched.validate()
+        self.train.validate()
+        self.ema.validate()
+        self.eval.validate()
+        return self
+
+    # ------------------------------------------------------------------ conversions
+
+    def to_dict(self) -> dict:
+        """Plain nested dict (tuples as lists): what ``config.yaml`` and checkpoints hold."""
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        """Build from a nested dict, checking every key and value; raises :class:`ConfigError`."""
+        return _build(cls, d, "").validate()
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, overrides: Sequence[str] = ()) -> "Config":
+        """Defaults <- YAML file ``path`` <- ``overrides`` (``["--optim.lr", "1e-3", ...]``).
+
+        ``name`` defaults to the YAML file's stem (``configs/cpu.yaml`` -> ``cpu``).
+        """
+        d = {}
+        if path is not None:
+            d = read_yaml(path)
+            d.setdefault("name", Path(path).stem)
+        for key, value in parse_overrides(overrides):
+            _set_dotted(d, key, value)
+        return cls.from_dict(d)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.dump())
+
+    def dump(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        d = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path}: not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path}: not valid YAML ({e})") from None
+    if d is None:
+        return {}
+    if not isinstance(d, dict):
+        raise ConfigError(f"config file {path}: must hold a mapping of sections, got {type(d).__name__}")
+    return d
+
+
+# ---------------------------------------------------------------------- keys and values
+
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _is_section(tp) -> bool:
+    return dataclasses.is_dataclass(tp)
+
+
+def all_keys(cls=Config, prefix: str = "") -> dict[str, dataclasses.Field]:
+    """Every leaf key as ``{"section.key": field}``, in declaration order."""
+    out = {}
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if _is_section(tp):
+            out.update(all_keys(tp, f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = f
+    return out
+
+
+def _unknown(key: str, candidates: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key, candidates, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"{key}: unknown key{hint}")
+
+
+def _build(cls, d, prefix: str):
+    if not isinstance(d, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: must be a mapping, got {d!r}")
+    hints = _hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in d.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            raise _unknown(dotted, [f"{prefix}{n}" for n in names])
+        tp = hints[key]
+        kwargs[key] = _build(tp, value, f"{dotted}.") if _is_section(tp) else _coerce(value, tp, dotted)
+    return cls(**kwargs)
+
+
+def _coerce(value, tp, key: str):
+    """``value`` (from YAML or the CLI) as type ``tp``, or :class:`ConfigError` naming ``key``.
+
+    Strings that spell numbers are accepted for numeric keys: PyYAML reads ``3e-4`` (no dot) as a
+    string, and the CLI hands over strings.
+    """
+    def bad(why: str):
+        return ConfigError(f"{key}: {why}, got {value!r} ({type(value).__name__})")
+
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad("expected true or false")
+    if tp is int:
+        if isinstance(value, bool):
+            raise bad("expected an integer")
+        if isinstance(value, int):
+            return value
+        try:
+            f = float(value)
+        except (TypeError, ValueError):
+            raise bad("expected an integer") from None
+        if not f.is_integer():
+            raise bad("expected an integer")
+        return int(f)
+    if tp is float:
+        if isinstance(value, bool):
+            raise bad("expected a number")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise bad("expected a number") from None
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise bad("expected a string")
+    if typing.get_origin(tp) is tuple:
+        args = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise bad(f"expected a list of {len(args)} values")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+    raise TypeError(f"{key}: config type {tp} is not supported")  # a programming error, not a user one
+
+
+def _plain(obj):
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def resolve_key(key: str) -> str:
+    """``--epochs`` -> ``train.epochs``; dotted keys are checked; :class:`ConfigError` otherwise."""
+    key = key.replace("-", "_")
+    keys = all_keys()
+    if key in keys:
+        return key
+    if "." not in key:
+        owners = [k for k in keys if k.split(".")[-1] == key]
+        if len(owners) == 1:
+            return owners[0]
+        if len(owners) > 1:
+            raise ConfigError(f"{key}: ambiguous, say which: {', '.join('--' + k for k in owners)}")
+    raise _unknown(key, list(keys))
+
+
+def parse_overrides(tokens: Sequence[str]) -> list[tuple[str, object]]:
+    """``["--optim.lr", "1e-3", "--epochs=3"]`` -> ``[("optim.lr", 0.001), ("train.epochs", 3)]``.
+
+    Values are read as YAML scalars (``true``, ``3``, ``[0.1, 0.2]``) and checked later against the
+    key's type.
+    """
+    out, i = [], 0
+    while i < len(tokens):
+        tok = tokens[i]
+        if not tok.startswith("--") or tok == "--":
+            raise ConfigError(f"{tok}: expected an option --section.key VALUE")
+        if "=" in tok:
+            key, raw = tok[2:].split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(tokens) or tokens[i + 1].startswith("--"):
+                raise ConfigError(f"{resolve_key(tok[2:])}: missing value after {tok}")
+            key, raw = tok[2:], tokens[i + 1]
+            i += 2
+        key = resolve_key(key)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        out.append((key, "" if value is None else value))
+    return out
+
+
+def _set_dotted(d: dict, key: str, value) -> None:
+    *sections, leaf = key.split(".")
+    for s in sections:
+        node = d.setdefault(s, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{s}: must be a mapping, got {node!r}")
+        d = node
+    d[leaf] = value
+
+
+def keys_help() -> str:
+    """One line per key: ``--section.key TYPE (default) help``, for ``--help``."""
+    defaults = _plain(dataclasses.asdict(Config()))
+    lines = []
+    for key, f in all_keys().items():
+        value = defaults
+        for part in key.split("."):
+            value = value[part]
+        tp = _type_name(_field_type(key))
+        help_text = f.metadata.get("help", "")
+        lines.append(f"  --{key} {tp} (default: {value!r}){'  ' + help_text if help_text else ''}")
+    return "\n".join(lines)
+
+
+def _field_type(key: str):
+    cls = Config
+    *sections, leaf = key.split(".")
+    for s in sections:
+        cls = _hints(cls)[s]
+    return _hints(cls)[leaf]
+
+
+def _type_name(tp) -> str:
+    if typing.get_origin(tp) is tuple:
+        return ",".join(a.__name__.upper() for a in typing.get_args(tp))
+    return tp.__name__.upper()
+
+
+def default_preset() -> Path:
+    """The preset used without ``--config``: ``configs/fast.yaml`` where CUDA is available, else
+    ``configs/cpu.yaml``."""
+    import torch  # here, not at the top: reading a config must not need torch
+
+    return PRESETS / ("fast.yaml" if torch.cuda.is_available() else "cpu.yaml")
+
+
+def arg_parser(description: str) -> argparse.ArgumentParser:
+    """The command line shared by the scripts: ``--config FILE`` plus, after
+    ``parse_known_args``, any ``--section.key VALUE`` overrides (listed by ``--help``)."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="config keys (override any with --section.key VALUE; a bare --key when unambiguous):\n"
+               + keys_help())
+    parser.add_argument("--config", metavar="FILE",
+                        help="YAML preset (default: configs/fast.yaml with CUDA, configs/cpu.yaml without)")
+    return parser

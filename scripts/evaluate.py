@@ -1,0 +1,64 @@
+#!/usr/bin/env python
+"""Evaluate a checkpoint on the Fashion-MNIST test set: test loss and accuracy.
+
+    python scripts/evaluate.py --ckpt runs/cpu/best.pt [--tta]
+    torchrun --standalone --nproc_per_node=2 scripts/evaluate.py --ckpt runs/fast/best.pt --tta
+
+The checkpoint holds the resolved config, so the model and the test transform are rebuilt from it.
+Prints the figures (and per-class accuracy); --json writes them to a file as well.
+Exit status: 0, or 2 with "error: ..." (missing or unreadable checkpoint, missing data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+try:
+    import fastfm  # noqa: F401  (only to see whether the package is importable)
+except ImportError:
+    # Run from a checkout without installing: make the repository root importable.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fastfm.distributed import cleanup  # noqa: E402
+from fastfm.engine.evaluate import evaluate_checkpoint  # noqa: E402
+from fastfm.engine.train import USER_ERRORS, error_line  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ckpt", required=True, help="runs/<name>/best.pt or last.pt")
+    parser.add_argument("--tta", action="store_true", help="also report test-time augmentation")
+    parser.add_argument("--weights", choices=("auto", "model", "ema"), default="auto",
+                        help="auto: the EMA weights when the run kept them (its reported result)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--data-root", help="data folder (default: the checkpoint's data.root)")
+    parser.add_argument("--batch-size", type=int, help="per rank (default: the checkpoint's eval.batch_size)")
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    args = parser.parse_args(argv)
+    try:
+        res = evaluate_checkpoint(args.ckpt, tta=args.tta, weights=args.weights, device=args.device,
+                                  data_root=args.data_root, batch_size=args.batch_size)
+    except USER_ERRORS as e:
+        print(error_line(e), file=sys.stderr)
+        return 2
+    finally:
+        cleanup()
+    if os.environ.get("RANK", "0") == "0":           # under torchrun, rank 0 alone prints
+        print(f"{args.ckpt} ({res['weights']} weights): test loss {res['test_loss']:.4f}  "
+              f"accuracy {100 * res['test_acc']:.2f}%")
+        if args.tta:
+            print(f"with TTA ({res['tta_views']} views): test loss {res['test_loss_tta']:.4f}  "
+                  f"accuracy {100 * res['test_acc_tta']:.2f}%")
+        for name, acc in res["per_class_acc"].items():
+            print(f"  {name:<12} {100 * acc:6.2f}%")
+        if args.json:
+            Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""Reliability: bit-exact resume (epoch boundary and mid-epoch), SIGTERM, atomic checkpoint writes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from test_train import tiny_config
+
+from fastfm.engine.checkpoint import (CheckpointError, RunFolderError, load_checkpoint, prepare_run_dir,
+                                     save_checkpoint)
+from fastfm.engine.train import Interrupted, StopSignal, fit
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class StopAtCheck(StopSignal):
+    """A stop request that appears at the ``n``-th time the trainer looks (1-based).
+
+    The trainer looks at every refresh (every ``train.log_every`` steps and at an epoch's last step)
+    and once more after each epoch's checkpoint.  With 8 steps per epoch and ``log_every: 2``:
+    checks 1-4 are the refreshes after steps 2, 4, 6, 8 of epoch 1 and check 5 is its end.
+    """
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.n, self.calls = n, 0
+
+    def is_set(self) -> bool:
+        self.calls += 1
+        return self.calls >= self.n
+
+
+def full_recipe(tmp_path, data_root, name: str, opt: str):
+    """Every source of state: dropout (torch RNG), the whole augmentation stack (augmenter RNG),
+    EMA, label smoothing, warm-up + cosine, and the optimizer's own state (Lookahead for ranger)."""
+    return tiny_config(tmp_path, data_root, name=name,
+                       model={"dropout": 0.2},
+                       aug={"resize": 32, "crop": 28, "autoaugment": "cifar10", "erasing_p": 0.5,
+                            "cutmix_p": 0.3, "mixup_p": 0.2},
+                       optim={"name": opt, "lr": 2e-3 if opt != "sgd" else 0.05},
+                       train={"label_smoothing": 0.1}, ema={"enabled": True, "decay": 0.9})
+
+
+def assert_same_state(a: Path, b: Path) -> None:
+    sa, sb = load_checkpoint(a), load_checkpoint(b)
+    for part in ("model", "ema"):
+        if sa[part] is None or sb[part] is None:       # a run without EMA
+            assert sa[part] is sb[part] is None
+            continue
+        assert sa[part].keys() == sb[part].keys()
+        for key in sa[part]:
+            assert torch.equal(sa[part][key], sb[part][key]), f"{part}.{key} differs"
+    opt_a, opt_b = sa["optimizer"]["state"], sb["optimizer"]["state"]
+    assert opt_a.keys() == opt_b.keys()
+    for i in opt_a:
+        for k, v in opt_a[i].items():
+            assert torch.equal(torch.as_tensor(v), torch.as_tensor(opt_b[i][k])), f"optimizer {i}.{k} differs"
+    assert sa["progress"]["step"] == sb["progress"]["step"]
+
+
+@pytest.mark.parametrize("opt, stop_at", [("ranger", 5), ("adamw", 2)], ids=["epoch-boundary", "mid-epoch"])
+def test_resume_is_bit_exact(tmp_path, data_root, opt, stop_at):
+    straight = fit(full_recipe(tmp_path, data_root, "straight", opt))
+
+    cfg = full_recipe(tmp_path, data_root, "resumed", opt)
+    with pytest.raises(Interrupted):
+        fit(cfg, stop=StopAtCheck(stop_at))
+    progress = load_checkpoint(tmp_path / "resumed" / "last.pt")["progress"]
+    assert (progress["epoch"], progress["epoch_step"]) == ((1, 0) if stop_at == 5 else (0, 4))
+    cfg.train.resume = "yes"
+    resumed = fit(cfg)
+
+    assert_same_state(tmp_path / "straight" / "last.pt", tmp_path / "resumed" / "last.pt")
+    for key in ("test_acc", "test_loss", "test_acc_tta"):
+        assert resumed[key] == straight[key]
+    lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2                 # no epoch logged twice
+
+
+def test_resume_requires_a_checkpoint(tmp_path, data_root):
+    cfg = tiny_config(tmp_path, data_root, train={"resume": "yes"})
+    with pytest.raises(RunFolderError, match="nothing to resume"):
+        fit(cfg)
+
+
+def _launch(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "scripts/train.py", *args], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _wait_for(proc: subprocess.Popen, text: str, timeout: float = 120) -> str:
+    """Read stdout until a line containing ``text``; returns everything read."""
+    seen, deadline = "", time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            break
+        seen += line
+        if text in line:
+            return seen
+    proc.kill()
+    raise AssertionError(f"{text!r} not printed; got:\n{seen}\n{proc.stderr.read()}")
+
+
+@pytest.mark.slow
+def test_sigterm_writes_checkpoint_and_auto_resume_continues(tmp_path, data_root):
+    args = ["--config", "configs/cpu.yaml", "--out_dir", str(tmp_path), "--name", "sig",
+            "--data.root", str(data_root), "--data.train_limit", "1024", "--data.test_limit", "200",
+            "--epochs", "500", "--train.batch_size", "128", "--train.log_every", "1",
+            "--train.progress", "false", "--train.resume", "auto"]
+    proc = _launch(args)
+    _wait_for(proc, "steps/epoch")          # set-up done: the SIGTERM handler is installed
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "stopped by SIGTERM" in err and "Traceback" not in err
+    first = load_checkpoint(tmp_path / "sig" / "last.pt")["progress"]
+    assert first["step"] > 0
+
+    # What torchrun --max-restarts (or a job scheduler) does: the same command again.
+    proc = _launch(args)
+    out = _wait_for(proc, "resumed from")
+    assert f"batch {first['epoch_step']} of 8" in out
+    _wait_for(proc, "train loss")            # at least one more epoch finished
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert load_checkpoint(tmp_path / "sig" / "last.pt")["progress"]["step"] > first["step"]
+
+
+def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"config": {}, "model": {"w": torch.ones(3)}}, path)
+
+    def dies_midway(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 half a zip file")
+        raise KeyboardInterrupt          # a kill or a crash in the middle of the write
+
+    monkeypatch.setattr(torch, "save", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({"config": {}, "model": {"w": torch.zeros(3)}}, path)
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]       # no temporary file left behind
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"config": {}, "model": {"w": torch.ones(1000)}}, path)
+    path.write_bytes(path.read_bytes()[:500])
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(path)
+
+
+def test_run_folder_rules(tmp_path):
+    run = tmp_path / "r"
+    assert prepare_run_dir(run, "no", overwrite=False) is None and run.is_dir()
+    (run / "metrics.jsonl").write_text("{}\n")
+    with pytest.raises(RunFolderError, match="already exists"):
+        prepare_run_dir(run, "no", overwrite=False)
+    # auto without last.pt: a relaunch of a job that died before its first checkpoint starts afresh
+    assert prepare_run_dir(run, "auto", overwrite=False) is None and not any(run.iterdir())
+    save_checkpoint({"config": {}}, run / "last.pt")
+    assert prepare_run_dir(run, "auto", overwrite=False) == run / "last.pt"
+    assert prepare_run_dir(run, "yes", overwrite=False) == run / "last.pt"
+    assert prepare_run_dir(run, "no", overwrite=True) is None and not any(run.iterdir())

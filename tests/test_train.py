@@ -1,0 +1,208 @@
+"""The training loop on CPU: learning, run-folder outputs, non-finite losses, the pieces of the step.
+
+``tiny_config`` (also used by test_resume and test_ddp) trains a WRN-10-1 on a real 1024-image
+subset: 8 steps per epoch, a second or two per epoch on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastfm.config import Config
+from fastfm.engine import train as train_mod
+from fastfm.engine.amp import Precision, create_scaler
+from fastfm.engine.checkpoint import RunFolderError, load_checkpoint
+from fastfm.engine.evaluate import evaluate_checkpoint, shift_images, tta_views
+from fastfm.engine.optim import WarmupCosine
+from fastfm.engine.train import NonFiniteLoss, fit
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(out_dir: Path, data_root: Path, name: str = "tiny", **sections) -> Config:
+    """WRN-10-1, 1024 training / 500 test images, batch 128, 2 epochs, deterministic, quiet.
+
+    ``sections``: per-section dicts merged over the defaults, e.g. ``optim={"name": "adamw"}``.
+    """
+    d = {
+        "name": name, "out_dir": str(out_dir),
+        "data": {"root": str(data_root), "train_limit": 1024, "test_limit": 500},
+        "model": {"name": "wrn", "depth": 10, "width": 1},
+        "aug": {"backend": "native", "resize": 0, "crop": 0, "flip_p": 0.5, "autoaugment": "none",
+                "erasing_p": 0.0, "cutmix_p": 0.0, "channels": 1},
+        "optim": {"name": "sgd", "lr": 0.1, "weight_decay": 5e-4},
+        "sched": {"warmup_epochs": 0.5, "start_factor": 0.1},
+        "train": {"epochs": 2, "batch_size": 128, "deterministic": True, "progress": False, "log_every": 2},
+        "eval": {"batch_size": 250, "tta": True, "tta_shift": 1},
+    }
+    for section, values in sections.items():
+        d[section] = {**d.get(section, {}), **values}
+    return Config.from_dict(d)
+
+
+def test_tiny_model_learns_and_writes_run_folder(tmp_path, data_root):
+    cfg = tiny_config(tmp_path, data_root, train={"epochs": 3}, data={"train_limit": 2048})
+    summary = fit(cfg)
+    assert summary["test_acc"] > 0.6            # chance is 0.1
+    run = tmp_path / "tiny"
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "last.pt", "best.pt", "curves.png", "confusion.png"):
+        assert (run / name).is_file(), name
+    assert Config.load(run / "config.yaml", ["--name", "tiny"]) == cfg
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    for key in ("lr", "train_loss", "test_loss", "test_acc", "images_per_sec", "wall_time_s"):
+        assert all(r[key] is not None for r in records), key
+    saved = json.loads((run / "summary.json").read_text())
+    for key in ("test_acc", "test_loss", "test_acc_tta", "best_test_acc", "images_per_sec", "device",
+                "world_size", "epochs", "wall_time_s", "git_revision", "per_class_acc"):
+        assert key in saved, key
+    assert saved["tta_views"] == 10 and saved["world_size"] == 1 and saved["epochs"] == 3
+    assert saved["test_acc"] == records[-1]["test_acc"]
+    # The checkpoint rebuilds the model from its own config: the same accuracy, exactly.
+    again = evaluate_checkpoint(str(run / "last.pt"), tta=True)
+    assert again["test_acc"] == saved["test_acc"] and again["test_acc_tta"] == saved["test_acc_tta"]
+
+
+def test_evaluate_script(tmp_path, data_root):
+    fit(tiny_config(tmp_path, data_root, train={"epochs": 1}))
+    r = subprocess.run([sys.executable, "scripts/evaluate.py", "--ckpt", str(tmp_path / "tiny" / "best.pt"), "--tta"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "accuracy" in r.stdout and "with TTA (10 views)" in r.stdout and "Ankle boot" in r.stdout
+    r = subprocess.run([sys.executable, "scripts/evaluate.py", "--ckpt", str(tmp_path / "nope.pt")],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
+
+
+def test_existing_run_folder_needs_resume_or_overwrite(tmp_path, data_root):
+    cfg = tiny_config(tmp_path, data_root, train={"epochs": 1})
+    fit(cfg)
+    with pytest.raises(RunFolderError, match="already exists"):
+        fit(cfg)
+    assert fit(cfg, overwrite=True)["epochs"] == 1
+
+
+class NaNAt:
+    """Wraps an augmenter so that the ``step``-th training batch (1-based) is all NaN."""
+
+    def __init__(self, aug, step: int):
+        self.aug, self.step, self.calls = aug, step, 0
+
+    def __call__(self, images, labels):
+        self.calls += 1
+        x, y = self.aug(images, labels)
+        return (torch.full_like(x, float("nan")) if self.calls == self.step else x), y
+
+    def __getattr__(self, name):
+        return getattr(self.aug, name)
+
+
+def _poison(monkeypatch, step: int):
+    real = train_mod.create_augmenter
+    monkeypatch.setattr(train_mod, "create_augmenter", lambda *a, **k: NaNAt(real(*a, **k), step))
+
+
+def test_nonfinite_loss_stops_and_names_the_step(tmp_path, data_root, monkeypatch):
+    _poison(monkeypatch, step=5)
+    with pytest.raises(NonFiniteLoss, match=r"at step 5 \(epoch 1, batch 5 of 8\)"):
+        fit(tiny_config(tmp_path, data_root))
+
+
+def test_nonfinite_loss_skip_mode(tmp_path, data_root, monkeypatch):
+    _poison(monkeypatch, step=11)
+    fit(tiny_config(tmp_path, data_root, train={"on_nonfinite": "skip"}))
+    records = [json.loads(line) for line in (tmp_path / "tiny" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped_steps"] for r in records] == [0, 1]
+    state = load_checkpoint(tmp_path / "tiny" / "last.pt")
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+    assert state["progress"]["step"] == 16 and state["progress"]["skipped"] == 1
+
+
+def test_skipping_scaler_leaves_weights_and_counts():
+    model = torch.nn.Linear(4, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = create_scaler(Precision("fp32", torch.device("cpu")), model.parameters(), 1.0,
+                           torch.device("cpu"), skip_nonfinite=True)
+    before = [p.detach().clone() for p in model.parameters()]
+    scaler(model(torch.full((2, 4), float("nan"))).sum(), opt)
+    assert int(scaler.skipped) == 1
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    scaler(model(torch.ones(2, 4)).sum(), opt)
+    assert int(scaler.skipped) == 1
+    assert not torch.equal(before[0], model.weight)
+
+
+def test_warmup_cosine_schedule():
+    s = WarmupCosine(1.0, total_steps=100, warmup_steps=10, start_factor=0.01, end_factor=0.0)
+    assert s(0) == pytest.approx(0.01)
+    assert s(5) == pytest.approx(0.01 + 0.99 * 0.5)
+    assert s(10) == pytest.approx(1.0)
+    assert s(99) == pytest.approx(0.0, abs=1e-12)
+    lrs = [s(i) for i in range(10, 100)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert WarmupCosine(1.0, 10, 50, 0.1, 0.0)(9) < 1.0      # warm-up longer than the run
+
+
+def test_label_smoothing_on_soft_targets_matches_hard_labels():
+    logits = torch.randn(16, 10)
+    labels = torch.randint(0, 10, (16,))
+    soft = F.one_hot(labels, 10).float()
+    assert torch.allclose(F.cross_entropy(logits, soft, label_smoothing=0.1),
+                          F.cross_entropy(logits, labels, label_smoothing=0.1))
+
+
+def test_tta_views_and_shift():
+    x = torch.arange(2 * 1 * 5 * 5, dtype=torch.uint8).view(2, 1, 5, 5)
+    s = shift_images(x, 1, -2)
+    assert torch.equal(s[..., 1:, :3], x[..., :4, 2:])
+    assert s[..., 0, :].eq(0).all() and s[..., 3:].eq(0).all()
+    views = tta_views(lambda t: t.float(), flip=True, shift=2)
+    assert len(views) == 10
+    assert torch.equal(views[0](x), x.float()) and torch.equal(views[5](x), x.flip(-1).float())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision, opt", [("bf16", "adamw"), ("fp16", "adamw"), ("bf16", "ranger")])
+def test_training_steps_do_not_sync_on_cuda(precision, opt):
+    """The whole per-step path (loader, augmenter, step, stats, EMA, schedule) under CUDA's sync
+    debug mode: any device->host synchronisation raises."""
+    from timm.utils import ModelEmaV3
+
+    from fastfm.augment import create_augmenter
+    from fastfm.data.resident import EpochLoader, ResidentData
+    from fastfm.engine.optim import create_optimizer
+    from fastfm.engine.train import StepStats, TrainStep
+    from fastfm.models import create_model
+
+    dev = torch.device("cuda")
+    cfg = Config.from_dict({"model": {"depth": 10, "width": 1}, "optim": {"name": opt, "clip_grad": 1.0},
+                            "aug": {"cutmix_p": 0.5, "autoaugment": "cifar10"}})
+    model = create_model(cfg).to(dev, memory_format=torch.channels_last)
+    optimizer = create_optimizer(model, cfg.optim, dev)
+    prec = Precision(precision, dev)
+    scaler = create_scaler(prec, model.parameters(), cfg.optim.clip_grad, dev, skip_nonfinite=False)
+    step = TrainStep(model, optimizer, prec, scaler, 0.1)
+    aug = create_augmenter(cfg.aug, dev, seed=0, mean=0.286, std=0.353)
+    ema = ModelEmaV3(model, decay=0.999, use_warmup=True)
+    loader = EpochLoader(ResidentData.synthetic(2048, dev), 128)
+    schedule = WarmupCosine(1e-3, 100, 10, 0.1, 0.0)
+    stats = StepStats(dev, 0)
+    batches = iter(loader)
+    try:
+        for i in range(12):
+            if i == 4:                   # after cuDNN autotuning and lazy initialisation
+                torch.cuda.set_sync_debug_mode("error")
+            schedule.apply(optimizer, i)
+            x, y = aug(*next(batches))
+            stats.update(step(x, y))
+            ema.update(model, step=i)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert stats.finite.item() == 12
