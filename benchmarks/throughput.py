@@ -1,0 +1,83 @@
+"""Training images/sec of fastfm's real training path, beside the original pipeline on this machine.
+
+    python benchmarks/throughput.py [--device auto|cpu|cuda] [--mode aug step full baseline]
+        [--backends native kornia dali] [--config configs/X.yaml] [--model wrn-40-4|TIMM_NAME]
+        [--batch-size N] [--precision auto|fp32|bf16|fp16] [--[no-]channels-last] [--[no-]compile]
+        [--workers N] [--json F] [--plot F.png] [--trace DIR]
+
+Rows (fastfm/throughput.py says exactly what each times): ``aug`` each backend's whole augmentation
+stack (and ``seed``, the original per-sample pipeline's); ``step`` forward + backward + optimizer on
+synthetic input; ``full`` resident data -> augmentation -> step per backend, the trainer's own
+objects; ``baseline`` the original report's DataLoader pipeline feeding the same model (fp32, NCHW,
+batch 128); and the GTX 1060 6GB ceiling, computed from FLOPs, not measured.  On CUDA the defaults
+are WRN-40-4 at batch 512; on a CPU a smaller model, batch and run count (the output says which).
+Prints a markdown table; --json adds device, versions, git revision and every row's configuration.
+A backend whose dependency is missing is reported as missing.  Bad options: ``error: ...``, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fastfm.augment.config import BACKENDS  # noqa: E402
+from fastfm.throughput import MODES, resolve_settings, throughput_report, write_plot  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--mode", nargs="+", default=list(MODES), choices=MODES, help="rows to time (default: all)")
+    p.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
+    p.add_argument("--config", metavar="FILE", help="YAML preset to take model, augmentation, optimizer, "
+                   "batch, precision and compile from (default: the built-in defaults)")
+    p.add_argument("--model", help="wrn-DEPTH-WIDTH or a timm model name (default: wrn-40-4 on CUDA, "
+                   "wrn-16-4 on CPU)")
+    p.add_argument("--batch-size", type=int, help="training batch (default: 512 on CUDA, 64 on CPU)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="default auto: bf16 on CUDA where supported, fp32 on CPU")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels_last model and batches (default: on)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the model (default: off)")
+    p.add_argument("--workers", type=int, help="baseline DataLoader workers (default: min(4, CPUs))")
+    p.add_argument("--baseline-batch", type=int, default=128, help="baseline batch (the report's 128)")
+    p.add_argument("--warmup", type=int, help="untimed calls per row (default: 5 on CUDA, 1 on CPU)")
+    p.add_argument("--iters", type=int, help="batches per timed run (default: 20 on CUDA, 1 on CPU)")
+    p.add_argument("--repeats", type=int, help="timed runs per row, median reported (default: 5 on "
+                   "CUDA, 3 on CPU)")
+    p.add_argument("--data", default="data", help="dataset root (synthetic images if absent)")
+    p.add_argument("--json", type=Path, help="write environment, settings and rows to this JSON file")
+    p.add_argument("--plot", type=Path, help="write a bar chart of images/sec (PNG, log scale)")
+    p.add_argument("--trace", type=Path, metavar="DIR", help="write a torch.profiler Chrome trace of a "
+                   "few full iterations, with named ranges per augmentation op and forward/backward")
+    p.add_argument("--trace-steps", type=int, default=3, help="full iterations in the trace")
+    args = p.parse_args(argv)
+    try:
+        settings = resolve_settings(
+            device=args.device, config=args.config, model=args.model, batch_size=args.batch_size,
+            precision=args.precision, channels_last=args.channels_last, compile=args.compile,
+            modes=tuple(args.mode), backends=tuple(args.backends), workers=args.workers,
+            warmup=args.warmup, iters=args.iters, repeats=args.repeats,
+            baseline_batch=args.baseline_batch, data_root=args.data)
+        report = throughput_report(settings, trace_dir=args.trace, trace_steps=args.trace_steps)
+    except ValueError as exc:           # ConfigError included: unknown model, bad value, no CUDA
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(report["markdown"])
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({k: v for k, v in report.items() if k != "markdown"}, indent=2))
+        print(f"\nwrote {args.json}")
+    if args.plot:
+        write_plot(report, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
