@@ -1,6 +1,6 @@
 """Training throughput beside the original pipeline: the engine behind ``benchmarks/throughput.py``.
 
-Every figure times the objects the trainer itself uses (:func:`build_training` makes them with the
+Every figure times the objects the trainer itself uses (:func:`~fastfm.engine.train.build_training` makes them with the
 trainer's factories, in :class:`~fastfm.engine.train.Trainer`'s order), never a copy:
 
 * ``aug``: each backend's whole augmentation stack on one resident batch
@@ -39,21 +39,18 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from .augment import BackendUnavailable, create_augmenter
 from .augment.config import BACKENDS
-from .augment.cost import _benchmark_batch, seed_row, time_augmenter
+from .augment.cost import benchmark_batch, seed_row, time_augmenter
 from .baseline import SeedDataset, cutmix_batch
 from .bench import Timing, device_name, environment, markdown_table, synchronize, time_fn
-from .config import Config, ConfigError
+from .config import Config
 from .data.resident import EpochLoader, ResidentData
-from .distributed import resolve_device
-from .engine.amp import DTYPES, Precision, create_buffer_guard, create_scaler, resolve_precision
-from .engine.optim import WarmupCosine, create_optimizer
-from .engine.train import StepStats, TrainStep, _set_backends
-from .models import create_model
+from .distributed import DistInfo, resolve_device
+from .engine.amp import DTYPES
+from .engine.train import StepStats, Training, build_training
 from .perf import (GTX1060_FP32_TFLOPS, gtx1060_ceiling_images_per_sec, known_peak_tflops,
                    measured_matmul_tflops, train_flops_per_image)
 
@@ -187,52 +184,18 @@ def resolve_settings(*, device: str = "auto", config: str | None = None, model: 
 # ---------------------------------------------------------------------- the trainer's objects
 
 
-@dataclass
-class Training:
-    """The trainer's per-run objects on one device (no DDP, no SyncBatchNorm: one process)."""
-
-    cfg: Config
-    device: torch.device
-    model: nn.Module                # unwrapped: FLOP counting and the EMA see this one
-    optimizer: torch.optim.Optimizer
-    precision: Precision
-    step: TrainStep
-    schedule: WarmupCosine
-    ema: nn.Module | None
-
-    def describe(self) -> dict:
-        """The row configuration: what was trained and how."""
-        c = self.cfg
-        return dict(model=model_label(c), parameters=sum(p.numel() for p in self.model.parameters()),
-                    batch=c.train.batch_size, precision=self.precision.name,
-                    channels_last=c.aug.channels_last, compile=c.train.compile, optimizer=c.optim.name,
-                    ema=c.ema.enabled, input=(c.aug.channels, c.aug.out_size, c.aug.out_size))
+def describe(training: Training) -> dict:
+    """The row configuration: what was trained and how."""
+    c = training.cfg
+    return dict(model=model_label(c), parameters=sum(p.numel() for p in training.model.parameters()),
+                batch=c.train.batch_size, precision=training.precision.name,
+                channels_last=c.aug.channels_last, compile=c.train.compile, optimizer=c.optim.name,
+                ema=c.ema.enabled, input=(c.aug.channels, c.aug.out_size, c.aug.out_size))
 
 
-def build_training(cfg: Config, device: torch.device, steps_per_epoch: int) -> Training:
-    """Model, optimizer, precision, scaler, ``torch.compile``, TrainStep, schedule and EMA, made as
-    :class:`~fastfm.engine.train.Trainer` makes them (its factories, its order, its backend flags)."""
-    tc = cfg.train
-    precision = Precision(resolve_precision(tc.precision, device), device)
-    if precision.name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError("train.precision: bf16 is not supported by this GPU; use fp16 or auto")
-    _set_backends(tc.deterministic, device)
-    torch.manual_seed(tc.seed)
-    model = create_model(cfg)
-    fmt = torch.channels_last if cfg.aug.channels_last else torch.contiguous_format
-    model.to(device, memory_format=fmt)
-    ema = None
-    if cfg.ema.enabled:
-        from timm.utils import ModelEmaV3
-
-        ema = ModelEmaV3(model, decay=cfg.ema.decay, use_warmup=cfg.ema.warmup)
-    optimizer = create_optimizer(model, cfg.optim, device)
-    schedule = WarmupCosine.from_config(cfg.optim.lr, cfg.sched, tc.epochs, steps_per_epoch)
-    skip = tc.on_nonfinite == "skip"
-    scaler = create_scaler(precision, model.parameters(), cfg.optim.clip_grad, device, skip)
-    net = torch.compile(model) if tc.compile else model
-    step = TrainStep(net, optimizer, precision, scaler, tc.label_smoothing, create_buffer_guard(model, skip))
-    return Training(cfg, device, model, optimizer, precision, step, schedule, ema)
+def build_single(cfg: Config, device: torch.device, steps_per_epoch: int) -> Training:
+    """The trainer's own objects (:func:`~fastfm.engine.train.build_training`) for one process."""
+    return build_training(cfg, DistInfo(rank=0, world_size=1, local_rank=0, device=device), steps_per_epoch)
 
 
 def synthetic_batch(cfg: Config, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -329,7 +292,7 @@ def full_rows(s: Settings, training: Training, data: ResidentData, step_ms: floa
             continue
         t = time_fn(it, s.device, **_timing(s))
         rows.append(_row("full", name, t, s.batch_size,
-                         dict(training.describe(), backend=name, images_resident=len(data)),
+                         dict(describe(training), backend=name, images_resident=len(data)),
                          aug_share=1.0 - step_ms / t.ms_median, step_ms=step_ms))
     return rows
 
@@ -358,7 +321,7 @@ def baseline_row(s: Settings, training: Training, images_u8, labels) -> dict:
     t = time_fn(run, dev, **_timing(s))
     source.close()                  # drops the DataLoader's iterator, which stops its workers
     return _row("baseline", f"PIL + DataLoader, workers={s.workers}", t, b,
-                dict(training.describe(), pipeline="torchvision transforms on PIL images per sample "
+                dict(describe(training), pipeline="torchvision transforms on PIL images per sample "
                      "(Resize 36, RandomCrop 32, flip, AutoAugment CIFAR10, ToTensor, Normalize, "
                      "RandomErasing), CutMix per batch", workers=s.workers))
 
@@ -430,10 +393,10 @@ def throughput_report(s: Settings, trace_dir: str | Path | None = None, trace_st
     dev, cfg = s.device, s.cfg
     n = max(s.full_images(), s.baseline_batch * s.calls if "baseline" in s.modes else 0,
             s.batch_size)
-    images, labels, source = _benchmark_batch(dev, min(n, FULL_DATASET), s.data_root)
+    images, labels, source = benchmark_batch(dev, min(n, FULL_DATASET), s.data_root)
     data = ResidentData(images[: s.full_images()], labels[: s.full_images()])
     steps_per_epoch = len(data) // s.batch_size
-    training = build_training(cfg, dev, steps_per_epoch)
+    training = build_single(cfg, dev, steps_per_epoch)
     size = cfg.aug.out_size
     flops = {size: train_flops_per_image(training.model, cfg.aug.channels, size, dev)}
     rows, missing = [], {}
@@ -445,14 +408,14 @@ def throughput_report(s: Settings, trace_dir: str | Path | None = None, trace_st
         t = time_fn(lambda: training.step(x, targets), dev, **_timing(s))
         step_ms = t.ms_median
         if "step" in s.modes:
-            rows.append(_row("step", "synthetic input", t, s.batch_size, training.describe()))
+            rows.append(_row("step", "synthetic input", t, s.batch_size, describe(training)))
     if "full" in s.modes:
         rows += full_rows(s, training, data, step_ms, missing)
     if "baseline" in s.modes:
         bcfg = Config.from_dict(cfg.to_dict())
         bcfg.train.precision, bcfg.train.compile, bcfg.train.batch_size = "fp32", False, s.baseline_batch
         bcfg.aug.channels_last = False
-        base = build_training(bcfg, dev, steps_per_epoch)
+        base = build_single(bcfg, dev, steps_per_epoch)
         if SEED_SIZE not in flops:
             flops[SEED_SIZE] = train_flops_per_image(base.model, cfg.aug.channels, SEED_SIZE, dev)
         rows.append(baseline_row(s, base, images.squeeze(1).cpu().numpy(), labels.cpu().numpy()))

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from fastfm.perf import gtx1060_ceiling_images_per_sec
-from fastfm.throughput import (NATIVE_OP_RANGES, STEP_RANGES, FullIteration, ResidentData, build_training,
+from fastfm.throughput import (NATIVE_OP_RANGES, STEP_RANGES, FullIteration, ResidentData, build_single,
                                profiler_ranges, resolve_settings, throughput_report)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,7 +127,7 @@ def test_trace_has_named_ranges_from_the_training_path(report):
 
 def test_profiler_ranges_wrap_the_timed_objects_and_restore_them():
     s = resolve_settings(**TINY)
-    training = build_training(s.cfg, s.device, steps_per_epoch=4)
+    training = build_single(s.cfg, s.device, steps_per_epoch=4)
     it = FullIteration(training, ResidentData.synthetic(32), "native", 0.286, 0.353)
     model, scaler, aug, batches = training.step.model, training.step.scaler, it.augmenter, it.batches
     autoaugment = aug.autoaugment

@@ -20,7 +20,7 @@ import torch
 from fastfm.augment import BACKENDS, AugConfig, BackendUnavailable, create_augmenter
 from fastfm.config import Config
 from fastfm.data.resident import EpochLoader, ResidentData
-from fastfm.throughput import FullIteration, build_training, endless, resolve_settings
+from fastfm.throughput import FullIteration, build_single, endless, resolve_settings
 
 pytestmark = pytest.mark.gpu
 
@@ -73,7 +73,7 @@ def test_backend_contract_on_cuda(backend, channels):
 def _training(**overrides):
     s = resolve_settings(device="cuda", model="wrn-16-2", batch_size=128, precision="bf16",
                          channels_last=True, **overrides)
-    return build_training(s.cfg, s.device, steps_per_epoch=8)
+    return build_single(s.cfg, s.device, steps_per_epoch=8)
 
 
 def test_full_iteration_has_no_host_sync():

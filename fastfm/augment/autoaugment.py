@@ -555,10 +555,15 @@ class BatchAutoAugment:
     a few dozen tiny per-sample kernels.
     """
 
-    def __init__(self, policy: str, device: torch.device | str):
+    DISPATCHES = ("auto", "masked", "grouped")
+
+    def __init__(self, policy: str, device: torch.device | str, dispatch: str = "auto"):
         if policy not in POLICIES:
             raise ValueError(f"unknown AutoAugment policy {policy!r}; one of {', '.join(POLICIES)}")
+        if dispatch not in self.DISPATCHES:
+            raise ValueError(f"unknown dispatch {dispatch!r}; one of {', '.join(self.DISPATCHES)}")
         self.policy = policy
+        self.dispatch = dispatch
         self.device = torch.device(device)
         table = POLICIES[policy]
         self.num_policies = len(table)
@@ -571,6 +576,12 @@ class BatchAutoAugment:
         # Ops that can occur in each slot: static knowledge used to skip whole groups.
         self.slot_ops = [frozenset(sub[s][0] for sub in table) for s in range(2)]
         self._tables: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
+        # Grouped dispatch: op id -> group key (see ``_GROUPS``), for 1- and 3-channel images (Color
+        # is the identity on 1 channel).  Keys are ordered so that the pointwise groups are adjacent.
+        key = [_GROUP_OF[name] for name in OPS]
+        self._group_key = {3: torch.tensor(key, device=self.device)}
+        key[OP["Color"]] = _GROUPS.index("identity")
+        self._group_key[1] = torch.tensor(key, device=self.device)
 
     # ------------------------------------------------------------------ static tables
 
@@ -612,9 +623,18 @@ class BatchAutoAugment:
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         _check_uint8(images)
         op, bins, negative = self.draw(images.shape[0], generator)
+        # Both strategies consume the generator identically (everything is drawn above) and give
+        # bit-identical results; they differ only in cost.  The masked one computes every op group
+        # on the whole batch and selects with ``torch.where``: no tensor value is read on the host,
+        # so on CUDA the launches stay asynchronous (a host sync per slot would stall the queue).
+        # On the CPU the "device" is the host, so reading group sizes costs nothing, and the grouped
+        # one runs each op only on the samples that drew it (~1 op per sample per slot instead of
+        # ~5 full-batch passes).
+        grouped = self.dispatch == "grouped" or (self.dispatch == "auto" and images.device.type == "cpu")
+        apply = self.apply_slot_grouped if grouped else self.apply_slot
         x = images
         for s in range(2):
-            x = self.apply_slot(x, op[:, s], bins[:, s], negative[:, s], self.slot_ops[s])
+            x = apply(x, op[:, s], bins[:, s], negative[:, s], self.slot_ops[s])
         return x
 
     def apply_slot(self, x: torch.Tensor, op: torch.Tensor, bins: torch.Tensor, negative: torch.Tensor,
@@ -663,6 +683,86 @@ class BatchAutoAugment:
             out = torch.where(sel("Color").unsqueeze(-1), _color(x, mag), out)
         return out
 
+
+    def apply_slot_grouped(self, x: torch.Tensor, op: torch.Tensor, bins: torch.Tensor,
+                           negative: torch.Tensor, present: frozenset = frozenset(OPS)) -> torch.Tensor:
+        """Same result as :meth:`apply_slot`, but each op runs only on the samples that drew it.
+
+        Samples are sorted by group (``_GROUPS``; one host read of the group sizes), each group is
+        gathered (``index_select``), transformed with the same per-sample kernels as the masked path
+        (every kernel is independent per sample, so results are bit-identical), and written back
+        with ``index_copy_``.  The pointwise groups are adjacent in the sort, so all of them share one
+        gathered batch, one ``long`` conversion of its pixels and one lookup-table ``gather``.
+        For CPU tensors (it synchronises with the device otherwise).
+        """
+        b, c, h, w = x.shape
+        key = self._group_key[3 if c == 3 else 1][op]
+        counts = torch.bincount(key, minlength=len(_GROUPS)).tolist()
+        if counts[0] == b:
+            return x
+        order = torch.argsort(key, stable=True)
+        op_s, bins_s, neg_s = op[order], bins[order], negative[order]
+        start = [0]
+        for n in counts:
+            start.append(start[-1] + n)
+        span = {g: (start[i], start[i + 1]) for i, g in enumerate(_GROUPS)}
+        t = self.tables(h, w)
+        out = x.clone()
+
+        def mag(lo: int, hi: int) -> torch.Tensor:
+            return self.magnitude(op_s[lo:hi], bins_s[lo:hi], neg_s[lo:hi], h, w)
+
+        lo, hi = span["geometric"]
+        if hi > lo:
+            idx = order[lo:hi]
+            theta = t["theta"][op_s[lo:hi], bins_s[lo:hi], neg_s[lo:hi]]
+            out.index_copy_(0, idx, warp_nearest(x.index_select(0, idx), theta, t["grid"]))
+
+        lo, hi = span["lut"][0], span["equalize"][1]          # all pointwise groups, adjacent
+        if hi > lo:
+            idx = order[lo:hi]
+            xs = x.index_select(0, idx)
+            pix = _flat(xs).long()
+            lut = t["lut"][op_s[lo:hi], bins_s[lo:hi], neg_s[lo:hi]].unsqueeze(1)   # (n, 1, 256)
+            if c != 1:
+                lut = lut.expand(hi - lo, c, 256).clone()
+            v = _values(x)
+            a, z = span["contrast"]
+            if z > a:
+                lut[a - lo:z - lo] = _contrast_px(v, mag(a, z), _grayscale_mean(xs[a - lo:z - lo]))
+            a, z = span["autocontrast"][0], span["equalize"][1]
+            if z > a:
+                hist = _histogram_of(pix[a - lo:z - lo])
+                m = span["equalize"][0]
+                if m > a:
+                    lo_v, hi_v = _minmax_from_hist(hist[:m - a])
+                    lut[a - lo:m - lo] = _autocontrast_px(v, lo_v, hi_v)
+                if z > m:
+                    eq_lut, valid = _equalize_lut(hist[m - a:], h * w)
+                    part = lut[m - lo:z - lo]
+                    lut[m - lo:z - lo] = torch.where(valid, eq_lut, part)
+            out.index_copy_(0, idx, lut.expand(hi - lo, c, 256).gather(-1, pix).view_as(xs))
+
+        lo, hi = span["sharpness"]
+        if hi > lo:
+            idx = order[lo:hi]
+            out.index_copy_(0, idx, _sharpness(x.index_select(0, idx), mag(lo, hi)))
+
+        lo, hi = span["color"]
+        if hi > lo:
+            idx = order[lo:hi]
+            out.index_copy_(0, idx, _color(x.index_select(0, idx), mag(lo, hi)))
+        return out
+
+
+# Grouped dispatch: which group each op belongs to.  "lut": ops whose lookup table is static (in the
+# ``lut`` table); "contrast"/"autocontrast"/"equalize": tables built from the group's statistics.
+# The four pointwise groups must stay adjacent, and autocontrast just before equalize (they share one
+# histogram).
+_GROUPS = ("identity", "geometric", "lut", "contrast", "autocontrast", "equalize", "sharpness", "color")
+_GROUP_OF = {"Identity": 0, **{n: 1 for n in GEOMETRIC},
+             **{n: 2 for n in ("Brightness", "Posterize", "Solarize", "Invert")},
+             "Contrast": 3, "AutoContrast": 4, "Equalize": 5, "Sharpness": 6, "Color": 7}
 
 _STATIC_LUT_OPS = ("Brightness", "Posterize", "Solarize", "Invert")
 

@@ -89,7 +89,7 @@ def seed_row(images_u8, labels, batch_size: int = 512, repeats: int = 3) -> dict
                 config="torchvision transforms on PIL images, per sample, 1 process, CPU")
 
 
-def _benchmark_batch(device: torch.device, batch_size: int, data_root) -> tuple:
+def benchmark_batch(device: torch.device, batch_size: int, data_root) -> tuple:
     """A batch of real images when the dataset is prepared, random ones otherwise (same cost)."""
     from ..data.resident import ResidentData
 
@@ -116,7 +116,7 @@ def aug_cost_report(*, device="auto", backends=("native",), batch_size=512, data
         raise ValueError("--batch-size must be at least 2 (CutMix pairs samples)")
     iters = iters or (10 if dev.type == "cuda" else 2)
     full = full or AugConfig()
-    images, labels, source = _benchmark_batch(dev, batch_size, data_root)
+    images, labels, source = benchmark_batch(dev, batch_size, data_root)
     rows, missing = [], {}
     for name in backends:
         try:

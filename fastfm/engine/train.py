@@ -201,6 +201,50 @@ class Progress:
     wall_time: float = 0.0    # seconds of training and evaluation, summed over resumptions
 
 
+@dataclass
+class Training:
+    """The objects of the training step, made once by :func:`build_training`."""
+
+    cfg: Config
+    device: torch.device
+    model: nn.Module                # unwrapped and uncompiled: checkpoints, EMA and evaluation use it
+    ema: nn.Module | None
+    optimizer: torch.optim.Optimizer
+    precision: Precision
+    scaler: object                  # PlainScaler | GradScalerStep (engine/amp.py)
+    step: TrainStep                 # wraps the compiled, DDP-wrapped model
+    schedule: WarmupCosine
+
+
+def build_training(cfg: Config, info: DistInfo, steps_per_epoch: int) -> Training:
+    """Model, EMA, optimizer, precision, scaler, schedule and step, in the one order every caller
+    (the trainer, the benchmarks) uses: backend flags, seeded weights (the same on every rank),
+    channels_last, SyncBatchNorm, EMA, optimizer, scaler, ``torch.compile``, DDP wrap."""
+    device, tc = info.device, cfg.train
+    precision = Precision(resolve_precision(tc.precision, device), device)
+    if precision.name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("train.precision: bf16 is not supported by this GPU; use fp16 or auto")
+    set_backends(tc.deterministic, device)
+    torch.manual_seed(tc.seed)          # the same initial weights on every rank
+    model = create_model(cfg)
+    fmt = torch.channels_last if cfg.aug.channels_last else torch.contiguous_format
+    model.to(device, memory_format=fmt)
+    model = convert_sync_bn(model, info, tc.sync_bn)
+    ema = None
+    if cfg.ema.enabled:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=cfg.ema.decay, use_warmup=cfg.ema.warmup)
+    optimizer = create_optimizer(model, cfg.optim, device)
+    schedule = WarmupCosine.from_config(cfg.optim.lr, cfg.sched, tc.epochs, steps_per_epoch)
+    skip = tc.on_nonfinite == "skip"
+    scaler = create_scaler(precision, model.parameters(), cfg.optim.clip_grad, device, skip)
+    net = torch.compile(model) if tc.compile else model
+    step = TrainStep(wrap_ddp(net, info), optimizer, precision, scaler, tc.label_smoothing,
+                     create_buffer_guard(model, skip))
+    return Training(cfg, device, model, ema, optimizer, precision, scaler, step, schedule)
+
+
 class Trainer:
     """Everything a run needs, built once (see the module docstring for the order)."""
 
@@ -211,38 +255,17 @@ class Trainer:
         if tc.batch_size % info.world_size:
             raise ConfigError(f"train.batch_size: {tc.batch_size} is not divisible by the world size "
                               f"{info.world_size}")
-        precision = Precision(resolve_precision(tc.precision, device), device)
-        if precision.name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise ConfigError("train.precision: bf16 is not supported by this GPU; use fp16 or auto")
-        _set_backends(tc.deterministic, device)
-
         limit = cfg.data.train_limit or None
         self.train_data = ResidentData.load(cfg.data.root, "train", device, limit)
         self.test_data = ResidentData.load(cfg.data.root, "test", device, cfg.data.test_limit or None)
         self.mean, self.std = self.train_data.pixel_stats()
-
-        torch.manual_seed(tc.seed)          # the same initial weights on every rank
-        model = create_model(cfg)
-        fmt = torch.channels_last if cfg.aug.channels_last else torch.contiguous_format
-        model.to(device, memory_format=fmt)
-        self.model = convert_sync_bn(model, info, tc.sync_bn)
-        self.ema = None
-        if cfg.ema.enabled:
-            from timm.utils import ModelEmaV3
-
-            self.ema = ModelEmaV3(self.model, decay=cfg.ema.decay, use_warmup=cfg.ema.warmup)
-        self.optimizer = create_optimizer(self.model, cfg.optim, device)
         self.loader = EpochLoader(self.train_data, tc.batch_size // info.world_size, rank=info.rank,
                                   world_size=info.world_size, seed=tc.seed, shuffle=True,
                                   drop_last=True, even=True, output="uint8")
         self.test_loader = eval_loader(self.test_data, cfg.eval.batch_size, info)
-        self.schedule = WarmupCosine.from_config(cfg.optim.lr, cfg.sched, tc.epochs, len(self.loader))
-        self.precision = precision
-        skip = tc.on_nonfinite == "skip"
-        self.scaler = create_scaler(precision, self.model.parameters(), cfg.optim.clip_grad, device, skip)
-        net = torch.compile(self.model) if tc.compile else self.model
-        self.step = TrainStep(wrap_ddp(net, info), self.optimizer, precision, self.scaler, tc.label_smoothing,
-                              create_buffer_guard(self.model, skip))
+        t = build_training(cfg, info, len(self.loader))
+        self.model, self.ema, self.optimizer = t.model, t.ema, t.optimizer
+        self.precision, self.scaler, self.step, self.schedule = t.precision, t.scaler, t.step, t.schedule
 
         # Per-rank random streams (dropout, augmentation); the data order is shared by all ranks.
         torch.manual_seed(tc.seed + info.rank)
@@ -489,7 +512,7 @@ def fit(cfg: Config, *, overwrite: bool = False, stop: StopSignal | None = None)
 
 # ---------------------------------------------------------------------- helpers
 
-def _set_backends(deterministic: bool, device: torch.device) -> None:
+def set_backends(deterministic: bool, device: torch.device) -> None:
     if deterministic:
         # cuBLAS reads this when its handle is created (the first matmul), so setting it here works.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

@@ -1,0 +1,87 @@
+"""The two dispatch strategies of :class:`fastfm.augment.autoaugment.BatchAutoAugment` agree bit for bit.
+
+``masked`` (every op group on the whole batch, selected per sample with ``torch.where``; used on CUDA,
+no host syncs) and ``grouped`` (samples sorted by op group, each op run only on its group; used on
+the CPU) must consume the generator identically and return identical tensors, for every policy.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fastfm.augment.autoaugment as A
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_intra_op_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def batches(real_images):
+    """Real images at 32x32 (what AutoAugment sees in the pipeline), 1 and 3 channels."""
+    x = real_images[0][:256].float()
+    x = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
+    x = x.round().clamp(0, 255).to(torch.uint8)
+    rgb = torch.cat([x, x.flip(-1), x.flip(-2)], dim=1)      # 3 different channels
+    return {1: x, 3: rgb}
+
+
+def _run(policy: str, dispatch: str, images: torch.Tensor, seed: int):
+    aa = A.BatchAutoAugment(policy, "cpu", dispatch=dispatch)
+    g = torch.Generator().manual_seed(seed)
+    out = aa(images, g)
+    return out, g.get_state()
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("policy", sorted(A.POLICIES))
+def test_grouped_equals_masked(batches, policy, channels):
+    images = batches[channels]
+    before = images.clone()
+    for seed in (0, 1, 2, 12345):
+        masked, state_m = _run(policy, "masked", images, seed)
+        grouped, state_g = _run(policy, "grouped", images, seed)
+        assert torch.equal(state_m, state_g), "strategies consumed the generator differently"
+        assert grouped.dtype == torch.uint8 and grouped.shape == images.shape
+        assert torch.equal(grouped, masked), f"{policy} seed {seed}: grouped != masked"
+        assert not torch.equal(grouped, images)
+    assert torch.equal(images, before), "input modified in place"
+
+
+@pytest.mark.parametrize("policy", sorted(A.POLICIES))
+def test_grouped_equals_masked_every_group_forced(batches, policy):
+    """Every op of the policy's slots, at every bin and sign, through apply_slot of both strategies."""
+    x = batches[1][:64]
+    aa_m = A.BatchAutoAugment(policy, "cpu", dispatch="masked")
+    aa_g = A.BatchAutoAugment(policy, "cpu", dispatch="grouped")
+    g = torch.Generator().manual_seed(7)
+    for name in A.OPS:
+        op = torch.full((64,), A.OP[name])
+        op[::3] = 0                                              # mix in identity samples
+        op[1::5] = A.OP["Equalize"]
+        bins = torch.randint(0, A.NUM_BINS, (64,), generator=g)
+        neg = torch.randint(0, 2, (64,), generator=g) * aa_m.signed[op].long()
+        m = aa_m.apply_slot(x, op, bins, neg)
+        gr = aa_g.apply_slot_grouped(x, op, bins, neg)
+        assert torch.equal(m, gr), name
+
+
+def test_auto_dispatch_and_validation(batches):
+    x = batches[1][:32]
+    outs = [A.BatchAutoAugment("cifar10", "cpu", dispatch=d)(x, torch.Generator().manual_seed(3))
+            for d in ("auto", "grouped")]
+    assert torch.equal(outs[0], outs[1])
+    with pytest.raises(ValueError):
+        A.BatchAutoAugment("cifar10", "cpu", dispatch="nope")
+
+
+def test_grouped_all_identity_returns_input_unchanged(batches):
+    x = batches[1][:16]
+    aa = A.BatchAutoAugment("cifar10", "cpu", dispatch="grouped")
+    z = torch.zeros(16, dtype=torch.long)
+    assert torch.equal(aa.apply_slot_grouped(x, z, z, z), x)
