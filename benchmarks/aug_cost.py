@@ -28,8 +28,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--data", default="data", help="dataset root (synthetic images if absent)")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per row (median reported)")
-    p.add_argument("--iters", type=int, default=None, help="batches per timed run (default: 10 on "
-                   "CUDA, 2 on CPU)")
+    p.add_argument("--iters", type=int, default=None, help="batches per timed run (default: 10)")
     p.add_argument("--no-seed", action="store_true", help="skip the original-pipeline row")
     p.add_argument("--json", type=Path, help="also write rows and environment to this JSON file")
     args = p.parse_args(argv)

@@ -114,7 +114,7 @@ def aug_cost_report(*, device="auto", backends=("native",), batch_size=512, data
     dev = resolve_device(device)
     if batch_size < 2:
         raise ValueError("--batch-size must be at least 2 (CutMix pairs samples)")
-    iters = iters or (10 if dev.type == "cuda" else 2)
+    iters = iters or 10
     full = full or AugConfig()
     images, labels, source = benchmark_batch(dev, batch_size, data_root)
     rows, missing = [], {}
