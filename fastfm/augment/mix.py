@@ -40,6 +40,8 @@ def sample_gamma(shape: float, n: int, generator: torch.Generator, device) -> to
 
 def sample_beta(alpha: float, n: int, generator: torch.Generator, device) -> torch.Tensor:
     """``n`` draws of Beta(alpha, alpha) on ``device`` from ``generator``."""
+    if alpha == 1.0:                    # Beta(1, 1) is U(0, 1): CutMix's default, one kernel
+        return torch.rand(n, generator=generator, device=device)
     x = sample_gamma(alpha, n, generator, device)
     y = sample_gamma(alpha, n, generator, device)
     return x / (x + y).clamp_min(1e-12)
@@ -74,18 +76,21 @@ def mix_batch(x: torch.Tensor, targets: torch.Tensor, cfg: AugConfig,
     y1 = (cy + half_h).round().clamp(0, h).long()
     x0 = (cx - half_w).round().clamp(0, w).long()
     x1 = (cx + half_w).round().clamp(0, w).long()
+    # Row and column masks are small ((B, H, 1) and (B, 1, W)); only their product is full size.
     rows = torch.arange(h, device=dev).view(1, h, 1)
     cols = torch.arange(w, device=dev).view(1, 1, w)
-    box = ((rows >= y0.view(b, 1, 1)) & (rows < y1.view(b, 1, 1))
-           & (cols >= x0.view(b, 1, 1)) & (cols < x1.view(b, 1, 1)))
-    box = box & do_cut.view(b, 1, 1)
+    in_rows = (rows >= y0.view(b, 1, 1)) & (rows < y1.view(b, 1, 1)) & do_cut.view(b, 1, 1)
+    in_cols = (cols >= x0.view(b, 1, 1)) & (cols < x1.view(b, 1, 1))
+    box = (in_rows & in_cols).unsqueeze(1)                       # (B, 1, H, W)
     area = ((y1 - y0) * (x1 - x0)).float() / (h * w)             # exact pasted fraction
+    partner_w = torch.where(do_cut, area, torch.zeros_like(area))
 
-    mix_lam = sample_beta(cfg.mixup_alpha, b, generator, dev)    # weight of the sample itself
-
-    partner_w = torch.where(do_cut, area, torch.where(do_mix, 1.0 - mix_lam, torch.zeros_like(area)))
-    blend = torch.where(do_mix, 1.0 - mix_lam, torch.zeros_like(mix_lam)).view(b, 1, 1, 1)
-    out = x + (partner_x - x) * blend                            # MixUp (blend 0 elsewhere)
-    out = torch.where(box.unsqueeze(1), partner_x, out)          # CutMix paste
+    out = x
+    if cfg.mixup_p > 0:                                          # config branch, not data
+        mix_lam = sample_beta(cfg.mixup_alpha, b, generator, dev)   # weight of the sample itself
+        blend = torch.where(do_mix, 1.0 - mix_lam, torch.zeros_like(mix_lam))
+        out = x + (partner_x - x) * blend.view(b, 1, 1, 1)       # MixUp (blend 0 elsewhere)
+        partner_w = partner_w + blend
+    out = torch.where(box, partner_x, out)                       # CutMix paste
     t = targets * (1.0 - partner_w).unsqueeze(1) + partner_t * partner_w.unsqueeze(1)
     return out, t
