@@ -13,7 +13,6 @@ reported as missing, not silently dropped.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -34,6 +33,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from fastfm.augment.cost import aug_cost_report
+    from fastfm.bench import write_report_json
 
     try:
         report = aug_cost_report(device=args.device, backends=args.backends,
@@ -44,8 +44,7 @@ def main(argv=None) -> int:
         return 2
     print(report["markdown"])
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({k: v for k, v in report.items() if k != "markdown"}, indent=2))
+        write_report_json(report, args.json)
         print(f"\nwrote {args.json}")
     return 0
 

@@ -18,13 +18,13 @@ A backend whose dependency is missing is reported as missing.  Bad options: ``er
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fastfm.augment.config import BACKENDS  # noqa: E402
+from fastfm.bench import write_report_json  # noqa: E402
 from fastfm.throughput import MODES, resolve_settings, throughput_report, write_plot  # noqa: E402
 
 
@@ -70,8 +70,7 @@ def main(argv=None) -> int:
         return 2
     print(report["markdown"])
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({k: v for k, v in report.items() if k != "markdown"}, indent=2))
+        write_report_json(report, args.json)
         print(f"\nwrote {args.json}")
     if args.plot:
         write_plot(report, args.plot)

@@ -49,3 +49,14 @@ def real_images(data_root):
     x = torch.from_numpy(images)[idx].unsqueeze(1).contiguous()
     y = torch.from_numpy(labels)[idx].long()
     return x, y
+
+
+@pytest.fixture(scope="module")
+def one_intra_op_thread():
+    """For modules of thousands of small tensor ops (``pytestmark = usefixtures(...)``): on a 2-core
+    machine busy with anything else, intra-op thread barriers make each op many times slower; one
+    thread keeps them fast and steady."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

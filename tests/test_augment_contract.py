@@ -24,14 +24,7 @@ LO, HI = (0.0 - MEAN) / STD, (1.0 - MEAN) / STD          # normalised range of p
 MATCH_TOL = 0.02   # normalised units (~1.8 grey levels): "this output is that reference window"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_intra_op_thread():
-    """These tests run thousands of small ops; on a 2-core machine that is busy with anything else,
-    intra-op thread barriers make each op many times slower.  One thread keeps them fast and steady."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 def _require(name: str) -> None:

@@ -19,14 +19,7 @@ from fastfm.augment.native import NativeAugmenter
 MEAN, STD = 0.2860, 0.3530
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_intra_op_thread():
-    """These tests run thousands of small ops; on a 2-core machine that is busy with anything else,
-    intra-op thread barriers make each op many times slower.  One thread keeps them fast and steady."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 def make(cfg: AugConfig | None = None, seed: int = 0, device="cpu", **overrides) -> NativeAugmenter:

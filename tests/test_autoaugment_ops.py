@@ -29,14 +29,7 @@ EXACT = ("Brightness", "Posterize", "Solarize", "AutoContrast", "Equalize", "Inv
 WITHIN_ONE = ("Contrast", "Sharpness")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_intra_op_thread():
-    """These tests run thousands of small ops; on a 2-core machine that is busy with anything else,
-    intra-op thread barriers make each op many times slower.  One thread keeps them fast and steady."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 @pytest.fixture(scope="module")

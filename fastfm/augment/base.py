@@ -62,6 +62,27 @@ class Augmenter(abc.ABC):
         """Restore what :meth:`state_dict` returned."""
 
 
+_MASK64 = (1 << 64) - 1
+
+
+def derive_seed(*parts: int, bits: int = 63) -> int:
+    """A well-mixed non-negative seed from integers (splitmix64 over the parts).
+
+    Backends whose libraries draw from their own RNGs (Kornia: torch's global RNG; DALI: the
+    pipeline seed) re-seed them from (seed, purpose, batch index): counter-based seeding makes a
+    restored augmenter continue the stream exactly.  ``bits`` caps the result (DALI takes 31 bits).
+    """
+    h = 0x9E3779B97F4A7C15
+    for p in parts:
+        h = (h ^ (int(p) & _MASK64)) & _MASK64
+        h = (h + 0x9E3779B97F4A7C15) & _MASK64
+        z = h
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+        h = z ^ (z >> 31)
+    return h & ((1 << bits) - 1)
+
+
 def check_batch(images: torch.Tensor, labels: torch.Tensor) -> None:
     """Validate the input half of the contract with clear errors (cheap: metadata only, no sync)."""
     if images.dtype != torch.uint8:

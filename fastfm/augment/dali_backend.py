@@ -114,29 +114,15 @@ from nvidia.dali.auto_aug.core import Policy, augmentation
 from nvidia.dali.plugin.pytorch import feed_ndarray
 
 from . import mix
-from .base import Augmenter, check_batch, finish, one_hot
+from .base import Augmenter, check_batch, derive_seed, finish, one_hot
 from .config import AugConfig
 
 # fn.filter / fn.equalize left fn.experimental in recent DALI; keep older releases working
 _filter = getattr(fn, "filter", None) or fn.experimental.filter
 _equalize_op = getattr(fn, "equalize", None) or fn.experimental.equalize
 
-_MASK64 = (1 << 64) - 1
 _ERASE_TRIES = 10          # torchvision RandomErasing.get_params tries 10 boxes
 _NUM_BINS = 10             # torchvision AutoAugment magnitude bins
-
-
-def derive_seed(*parts: int, bits: int = 31) -> int:
-    """A well-mixed non-negative seed from integers (splitmix64 over the parts)."""
-    h = 0x9E3779B97F4A7C15
-    for p in parts:
-        h = (h ^ (int(p) & _MASK64)) & _MASK64
-        h = (h + 0x9E3779B97F4A7C15) & _MASK64
-        z = h
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-        h = z ^ (z >> 31)
-    return h & ((1 << bits) - 1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -342,7 +328,7 @@ class DaliAugmenter(Augmenter):
             if checkpoint is not None and batch <= pipe_batch:
                 self._make_pipe(pipe_batch, pipe_seed, checkpoint)
         if self._pipe is None or batch > self._pipe_batch:
-            self._make_pipe(batch, derive_seed(self.seed, 0xDA11, self._batches), None)
+            self._make_pipe(batch, derive_seed(self.seed, 0xDA11, self._batches, bits=31), None)
         return self._pipe
 
     def _make_pipe(self, batch: int, seed: int, checkpoint) -> None:

@@ -81,23 +81,8 @@ from kornia.augmentation.auto import AutoAugment
 from kornia.augmentation.auto.operations import Saturate
 
 from . import mix
-from .base import Augmenter, check_batch, finish, normalise, one_hot, resize_bilinear
+from .base import Augmenter, check_batch, derive_seed, finish, normalise, one_hot, resize_bilinear
 from .config import AugConfig
-
-_MASK64 = (1 << 64) - 1
-
-
-def derive_seed(*parts: int, bits: int = 63) -> int:
-    """A well-mixed non-negative seed from integers (splitmix64 over the parts)."""
-    h = 0x9E3779B97F4A7C15
-    for p in parts:
-        h = (h ^ (int(p) & _MASK64)) & _MASK64
-        h = (h + 0x9E3779B97F4A7C15) & _MASK64
-        z = h
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-        h = z ^ (z >> 31)
-    return h & ((1 << bits) - 1)
 
 
 class PerSampleAutoAugment(torch.nn.Module):
