@@ -105,6 +105,15 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
-def cleanup() -> None:
+def cleanup(sync: bool = True) -> None:
+    """Destroy the process group (no-op without one).
+
+    ``sync``: meet every rank at a barrier first, so that no rank tears down its gloo/NCCL
+    connections while a peer still talks to them (gloo then aborts the peer: "terminate called
+    without an active exception").  Pass ``False`` on error paths, where a peer may be gone and a
+    barrier would hang.
+    """
     if dist.is_available() and dist.is_initialized():
+        if sync:
+            dist.barrier()
         dist.destroy_process_group()

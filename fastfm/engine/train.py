@@ -494,6 +494,7 @@ def fit(cfg: Config, *, overwrite: bool = False, stop: StopSignal | None = None)
     deterministic = (torch.are_deterministic_algorithms_enabled(),
                      torch.is_deterministic_algorithms_warn_only_enabled())
     stop.install()
+    all_ranks_here = False      # every rank reaches the end together: a barrier before teardown is safe
     try:
         info = init_distributed(cfg.train.device)
         run_dir = Path(cfg.out_dir) / (cfg.name or "run")
@@ -503,11 +504,17 @@ def fit(cfg: Config, *, overwrite: bool = False, stop: StopSignal | None = None)
             trainer.load(resume_from)
         elif info.is_primary:
             cfg.save(run_dir / "config.yaml")
-        return trainer.fit()
+        try:
+            summary = trainer.fit()
+        except Interrupted:
+            all_ranks_here = True   # SIGTERM: every rank stops at the same agreed step
+            raise
+        all_ranks_here = True
+        return summary
     finally:
         stop.restore()
         torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
-        cleanup()
+        cleanup(sync=all_ranks_here)
 
 
 # ---------------------------------------------------------------------- helpers
