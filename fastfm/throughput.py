@@ -69,8 +69,9 @@ CPU_DEFAULTS = dict(model="wrn-16-4", batch_size=64, warmup=1, iters=2, repeats=
 # wrapped on the instance while tracing.  Resize, normalise and CutMix/MixUp are module functions
 # inside that ``__call__`` and cannot be wrapped from outside: they appear as their ATen ops (e.g.
 # aten::upsample_bilinear2d) inside the enclosing "aug" range.
-NATIVE_OP_RANGES = {"crop_flip": "aug.crop_flip", "autoaugment": "aug.autoaugment",
-                    "random_erasing": "aug.erasing"}
+# The ranges the native augmenter records when its ``op_ranges`` is on (default recipe).
+NATIVE_OP_RANGES = ("aug.resize", "aug.crop_flip", "aug.autoaugment", "aug.normalise", "aug.erasing",
+                    "aug.mix", "aug.finish")
 STEP_RANGES = {"model": "model.forward", "scaler": "model.backward+optimizer"}
 
 
@@ -540,16 +541,16 @@ def _ranged_batches(batches: Iterator, name: str) -> Iterator:
 @contextlib.contextmanager
 def profiler_ranges(it: FullIteration):
     """While inside: ``it`` runs with named profiler ranges around the next batch ("data.next"), the
-    augmenter ("aug"), the native backend's op methods (:data:`NATIVE_OP_RANGES`), the model's
-    forward and the backward + optimizer step (:data:`STEP_RANGES`).  The wrapped objects are the
-    very ones ``it`` times; on exit every attribute is as it was."""
+    augmenter ("aug") and each of its ops (the augmenter's own ``op_ranges``, see
+    :data:`NATIVE_OP_RANGES`), the model's forward and the backward + optimizer step
+    (:data:`STEP_RANGES`).  The wrapped objects are the very ones ``it`` times; on exit every
+    attribute is as it was."""
     patches = [(it, "augmenter", "aug")] + [(it.training.step, a, n) for a, n in STEP_RANGES.items()]
-    if it.augmenter.name == "native":
-        patches += [(it.augmenter, a, n) for a, n in NATIVE_OP_RANGES.items()
-                    if getattr(it.augmenter, a) is not None]
-    saved = [(obj, attr, obj.__dict__.get(attr)) for obj, attr, _ in patches]
+    saved = [(obj, attr, getattr(obj, attr)) for obj, attr, _ in patches]
     batches = it.batches
+    aug = it.augmenter
     try:
+        aug.op_ranges = True
         for obj, attr, name in patches:
             setattr(obj, attr, _Ranged(getattr(obj, attr), name))
         it.batches = _ranged_batches(batches, "data.next")
@@ -557,10 +558,8 @@ def profiler_ranges(it: FullIteration):
     finally:
         it.batches = batches
         for obj, attr, value in reversed(saved):
-            if value is None:           # a method: drop the instance attribute that shadowed it
-                delattr(obj, attr)
-            else:
-                setattr(obj, attr, value)
+            setattr(obj, attr, value)
+        del aug.op_ranges               # back to the class default
 
 
 def write_trace(s: Settings, training: Training, data: ResidentData, out_dir: Path, steps: int,
@@ -591,7 +590,7 @@ def write_trace(s: Settings, training: Training, data: ResidentData, out_dir: Pa
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"trace-{it.augmenter.name}.json"
     prof.export_chrome_trace(str(path))
-    ours = {"train_step", "data.next", "aug", *NATIVE_OP_RANGES.values(), *STEP_RANGES.values()}
+    ours = {"train_step", "data.next", "aug", *NATIVE_OP_RANGES, *STEP_RANGES.values()}
     ranges = sorted({e.key for e in prof.key_averages()} & ours)
     return dict(path=str(path), backend=it.augmenter.name, steps=steps, ranges=ranges)
 

@@ -19,6 +19,7 @@ transform (resize, centre crop, normalise) with the same output contract as ``x`
 from __future__ import annotations
 
 import abc
+import contextlib
 
 import torch
 
@@ -29,6 +30,9 @@ class Augmenter(abc.ABC):
     """Base class of all backends (see the module docstring for the contract)."""
 
     name: str = "?"
+    # Named profiler ranges around each op ("aug.resize", ...), for ``throughput.py --trace``.
+    # Off by default: a range costs a little host time per op, and the hot path owes nothing to it.
+    op_ranges: bool = False
 
     def __init__(self, cfg: AugConfig, device: torch.device | str, seed: int,
                  mean: float, std: float):
@@ -52,6 +56,13 @@ class Augmenter(abc.ABC):
             off = (x.shape[-1] - self.cfg.crop) // 2
             x = x[..., off:off + self.cfg.crop, off:off + self.cfg.crop]
         return finish(normalise(x, self.mean, self.std), self.cfg)
+
+    def op_range(self, op: str):
+        """``with self.op_range("crop_flip"):`` -- a ``torch.profiler`` range ``aug.<op>`` when
+        :attr:`op_ranges` is on, else nothing."""
+        if self.op_ranges:
+            return torch.profiler.record_function(f"aug.{op}")
+        return contextlib.nullcontext()
 
     @abc.abstractmethod
     def state_dict(self) -> dict:

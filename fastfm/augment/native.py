@@ -54,22 +54,29 @@ class NativeAugmenter(Augmenter):
 
         x = images                                         # uint8 (B, 1, H, W)
         if cfg.resize and cfg.resize != x.shape[-1]:
-            x = resize_bilinear(x.float(), cfg.resize)     # float, values in [0, 255]
-            if self.autoaugment is not None:
-                # AutoAugment is defined on uint8 pixels (as torchvision on PIL/uint8 images):
-                # quantise once here; crop and flip below are pure index ops and commute with it.
-                x = x.round_().clamp_(0, 255).to(torch.uint8)
-        x = self.crop_flip(x)
+            with self.op_range("resize"):
+                x = resize_bilinear(x.float(), cfg.resize)     # float, values in [0, 255]
+                if self.autoaugment is not None:
+                    # AutoAugment is defined on uint8 pixels (as torchvision on PIL/uint8 images):
+                    # quantise once here; crop and flip below are pure index ops and commute with it.
+                    x = x.round_().clamp_(0, 255).to(torch.uint8)
+        with self.op_range("crop_flip"):
+            x = self.crop_flip(x)
         if self.autoaugment is not None:
-            x = self.autoaugment(x, self.gen)
-        x = normalise(x, self.mean, self.std)
+            with self.op_range("autoaugment"):
+                x = self.autoaugment(x, self.gen)
+        with self.op_range("normalise"):
+            x = normalise(x, self.mean, self.std)
         if cfg.erasing_p > 0:
-            x = self.random_erasing(x)
+            with self.op_range("erasing"):
+                x = self.random_erasing(x)
         y = one_hot(labels, cfg.num_classes)
         # CutMix/MixUp before channel repetition and memory format: they commute with both, and
         # mixing one channel is a third of the work of mixing three.
-        x, y = mix_batch(x, y, cfg, self.gen)
-        return finish(x, cfg), y
+        with self.op_range("mix"):
+            x, y = mix_batch(x, y, cfg, self.gen)
+        with self.op_range("finish"):
+            return finish(x, cfg), y
 
     def state_dict(self) -> dict:
         return {"generator": self.gen.get_state()}
