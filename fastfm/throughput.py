@@ -237,14 +237,9 @@ class FullIteration:
         self.count = itertools.count()
 
     def __call__(self) -> None:
-        t = self.training
         i = next(self.count)
         images, labels = next(self.batches)
-        t.schedule.apply(t.optimizer, i)
-        x, targets = self.augmenter(images, labels)
-        self.stats.update(t.step(x, targets))
-        if t.ema is not None:
-            t.ema.update(t.model, step=i)
+        self.training.iteration(self.augmenter, self.stats, images, labels, i, i)
 
 
 # ---------------------------------------------------------------------- rows

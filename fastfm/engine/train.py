@@ -215,6 +215,18 @@ class Training:
     step: TrainStep                 # wraps the compiled, DDP-wrapped model
     schedule: WarmupCosine
 
+    def iteration(self, augmenter, stats: "StepStats", images: torch.Tensor, labels: torch.Tensor,
+                  step: int, schedule_step: int) -> float:
+        """One iteration of the hot path, as the trainer runs it and the benchmarks time it:
+        learning rate for ``schedule_step``, augmentation, the step, device-side loss statistics,
+        the EMA update.  Returns the learning rate; never syncs."""
+        lr = self.schedule.apply(self.optimizer, schedule_step)
+        x, targets = augmenter(images, labels)
+        stats.update(self.step(x, targets))
+        if self.ema is not None:
+            self.ema.update(self.model, step=step)
+        return lr
+
 
 def build_training(cfg: Config, info: DistInfo, steps_per_epoch: int) -> Training:
     """Model, EMA, optimizer, precision, scaler, schedule and step, in the one order every caller
@@ -263,7 +275,7 @@ class Trainer:
                                   world_size=info.world_size, seed=tc.seed, shuffle=True,
                                   drop_last=True, even=True, output="uint8")
         self.test_loader = eval_loader(self.test_data, cfg.eval.batch_size, info)
-        t = build_training(cfg, info, len(self.loader))
+        self.training = t = build_training(cfg, info, len(self.loader))
         self.model, self.ema, self.optimizer = t.model, t.ema, t.optimizer
         self.precision, self.scaler, self.step, self.schedule = t.precision, t.scaler, t.step, t.schedule
 
@@ -369,11 +381,8 @@ class Trainer:
         snap, lr = None, 0.0
         with bar:
             for i, (images, labels) in enumerate(itertools.islice(self.loader, start, None), start):
-                lr = self.schedule.apply(self.optimizer, p.step - p.skipped)
-                x, targets = self.augmenter(images, labels)
-                stats.update(self.step(x, targets))
-                if self.ema is not None:
-                    self.ema.update(self.model, step=p.step)
+                lr = self.training.iteration(self.augmenter, stats, images, labels, p.step,
+                                             p.step - p.skipped)
                 p.step += 1
                 if (i + 1) % cfg.train.log_every and i + 1 < n:
                     continue
