@@ -91,14 +91,15 @@ def seed_row(images_u8, labels, batch_size: int = 512, repeats: int = 3) -> dict
 
 def benchmark_batch(device: torch.device, batch_size: int, data_root) -> tuple:
     """A batch of real images when the dataset is prepared, random ones otherwise (same cost)."""
+    from ..data.idx import DataError
     from ..data.resident import ResidentData
 
     try:
         data = ResidentData.load(data_root, "train", device=device, limit=batch_size)
         source = f"Fashion-MNIST ({data_root})"
-    except Exception:  # noqa: BLE001 - any failure to read data falls back to synthetic input
+    except DataError as exc:    # missing or unreadable data: the op costs do not depend on content
         data = ResidentData.synthetic(batch_size, device=device)
-        source = "synthetic (dataset not found)"
+        source = f"synthetic ({exc})"
     if len(data) < batch_size:
         raise ValueError(f"--batch-size {batch_size} exceeds the {len(data)} images available")
     return data.images, data.labels, source
