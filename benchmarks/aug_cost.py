@@ -7,7 +7,9 @@ Prints a markdown table: ms per batch of each op (cumulative ladder in the docum
 fastfm/augment/cost.py), its share of the whole stack, and images/sec of each backend's stack and of
 the ``seed`` row (the original report's per-sample PIL pipeline, one process, CPU).  Figures are
 medians of repeated runs after warm-up, device-synchronised.  A backend whose dependency is missing is
-reported as missing, not silently dropped.
+reported as missing, not silently dropped.  Bad options (counts below 1, an unknown or absent
+device, a --json file that cannot be written) give ``error: ...`` and exit status 2 before anything
+is measured.
 """
 
 from __future__ import annotations
@@ -33,9 +35,15 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from fastfm.augment.cost import aug_cost_report
-    from fastfm.bench import write_report_json
+    from fastfm.bench import check_writable, parse_device, write_report_json
 
     try:
+        for name, value in (("--repeats", args.repeats), ("--iters", args.iters)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name}: must be >= 1, got {value}")
+        parse_device(args.device)
+        if args.json:
+            check_writable(args.json, "--json")
         report = aug_cost_report(device=args.device, backends=args.backends,
                                  batch_size=args.batch_size, data_root=args.data,
                                  repeats=args.repeats, iters=args.iters, include_seed=not args.no_seed)

@@ -12,7 +12,8 @@ objects; ``baseline`` the original report's DataLoader pipeline feeding the same
 batch 128); and the GTX 1060 6GB ceiling, computed from FLOPs, not measured.  On CUDA the defaults
 are WRN-40-4 at batch 512; on a CPU a smaller model, batch and run count (the output says which).
 Prints a markdown table; --json adds device, versions, git revision and every row's configuration.
-A backend whose dependency is missing is reported as missing.  Bad options: ``error: ...``, exit 2.
+A backend whose dependency is missing is reported as missing.  Bad options: ``error: ...``, exit 2,
+before anything is measured (output paths included: --json, --plot, --trace).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fastfm.augment.config import BACKENDS  # noqa: E402
-from fastfm.bench import write_report_json  # noqa: E402
+from fastfm.bench import check_writable, parse_device, write_report_json  # noqa: E402
 from fastfm.throughput import MODES, resolve_settings, throughput_report, write_plot  # noqa: E402
 
 
@@ -58,6 +59,18 @@ def main(argv=None) -> int:
     p.add_argument("--trace-steps", type=int, default=3, help="full iterations in the trace")
     args = p.parse_args(argv)
     try:
+        parse_device(args.device)
+        # Checked here too: the config's own check would otherwise name train.batch_size first.
+        if args.batch_size is not None and args.batch_size < 2:
+            raise ValueError(f"--batch-size must be at least 2 (CutMix pairs samples, BatchNorm needs 2), "
+                             f"got {args.batch_size}")
+        if args.trace_steps < 1:
+            raise ValueError(f"--trace-steps: must be >= 1, got {args.trace_steps}")
+        for option, path in (("--json", args.json), ("--plot", args.plot)):
+            if path:
+                check_writable(path, option)
+        if args.trace:
+            check_writable(args.trace / "trace.json", "--trace")
         settings = resolve_settings(
             device=args.device, config=args.config, model=args.model, batch_size=args.batch_size,
             precision=args.precision, channels_last=args.channels_last, compile=args.compile,

@@ -3,6 +3,7 @@ and the environment (device, versions, git revision) stored beside every figure.
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 import subprocess
@@ -12,6 +13,9 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+
+from .config import ConfigError
+from .distributed import resolve_device
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -119,3 +123,48 @@ def write_report_json(report: dict, path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({k: v for k, v in report.items() if k != "markdown"}, indent=2))
+
+
+# ------------------------------------------------------------------ checks before the work
+# The scripts run these before minutes of measuring or evaluating, so that a typo in an option
+# costs seconds, not a whole run that then ends in a traceback.
+
+
+def check_writable(path, option: str, *, create_parents: bool = True) -> None:
+    """Raise :class:`ConfigError` naming ``option`` unless a file can be written at ``path``.
+
+    ``path`` must not be a folder, and the nearest of its ancestors that exists must be a folder
+    this process may write into (``create_parents``: folders missing below it are created by the
+    writer; otherwise ``path``'s own folder must exist).  Creates and writes nothing.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{option}: {path} is a folder; give a file name")
+    parent = path.parent
+    if not create_parents and not parent.exists():
+        raise ConfigError(f"{option}: cannot write {path}: the folder {parent} does not exist")
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{option}: cannot write {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ConfigError(f"{option}: cannot write {path}: permission denied")
+
+
+def parse_device(name: str, option: str = "--device") -> torch.device:
+    """``name`` (auto, cpu, cuda or cuda:N) as a device, ``auto`` meaning CUDA when present.
+
+    Raises :class:`ConfigError` naming ``option`` for any other name, and for a CUDA device this
+    machine does not have.
+    """
+    kind, colon, index = name.partition(":")
+    if name != "auto" and not (name == "cpu" or (kind == "cuda" and (not colon or index.isdigit()))):
+        raise ConfigError(f"{option}: {name!r} is not auto, cpu, cuda or cuda:N")
+    try:
+        device = resolve_device(name)
+    except ValueError as e:
+        raise ConfigError(f"{option}: {e}") from None
+    count = torch.cuda.device_count() if device.type == "cuda" else 0
+    if device.type == "cuda" and device.index is not None and device.index >= count:
+        raise ConfigError(f"{option}: {name!r}, but this machine has {count} CUDA device(s)")
+    return device

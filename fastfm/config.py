@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import math
+import re
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,6 +35,37 @@ PRESETS = Path(__file__).resolve().parents[1] / "configs"
 
 class ConfigError(ValueError):
     """A configuration key or value is invalid; the message starts with the dotted key."""
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's booleans: only true/false (any case) are booleans.
+
+    YAML 1.1 (PyYAML's default) also reads yes/no/on/off as booleans, which turned ``resume: yes``
+    and the CLI's ``--train.resume yes`` into ``True`` for a key whose values are no | yes | auto.
+    """
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|false)$", re.I),
+                                    list("tTfF"))
+
+# Spellings accepted for boolean keys (``--train.progress off``): YAML 1.2 reads them as strings.
+_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
+
+# A run name becomes one folder under out_dir: one plain path component, never "..", "/" or "".
+NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,100}")
+
+
+def check_run_name(name: str) -> str | None:
+    """Why ``name`` cannot be a run name, or None when it can."""
+    if len(name) > 100:
+        return f"{name[:40]!r}... has {len(name)} characters; at most 100"
+    if name in (".", "..") or not NAME_PATTERN.fullmatch(name):
+        return (f"{name!r} is not a plain folder name: use 1 to 100 letters, digits, '.', '_' or "
+                f"'-' (not '.' or '..')")
+    return None
 
 
 def opt(default, help: str):  # noqa: A002 - "help" reads best at the call sites
@@ -139,6 +172,13 @@ class TrainConfig:
     on_nonfinite: str = opt("stop", "a NaN/inf loss: stop (with the step named) | skip the step")
     log_every: int = opt(20, "steps between progress refreshes: the only host syncs inside an epoch")
     progress: bool = opt(True, "show a tqdm progress bar (rank 0)")
+    checkpoint_every_min: float = opt(0.0, "also write last.pt mid-epoch, at the first refresh after "
+                                           "this many minutes since the last write (0 = epoch ends only)")
+    dist_timeout_s: float = opt(300.0, "multi-process runs: a collective that waits longer than this "
+                                       "(a frozen or lost rank) fails the run instead of hanging it")
+    max_skipped: float = opt(0.5, "train.on_nonfinite: skip: stop the run when more than this share of "
+                                  "a window's steps were skipped (1 = never stop)")
+    skip_window: int = opt(100, "steps per window for max_skipped (an epoch's end also closes one)")
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -154,6 +194,14 @@ class TrainConfig:
             raise ConfigError(f"train.device: {self.device!r} is not auto, cpu, cuda or cuda:N")
         if self.log_every < 1:
             raise ConfigError(f"train.log_every: must be >= 1, got {self.log_every}")
+        if self.checkpoint_every_min < 0:
+            raise ConfigError(f"train.checkpoint_every_min: must be >= 0, got {self.checkpoint_every_min}")
+        if self.dist_timeout_s <= 0:
+            raise ConfigError(f"train.dist_timeout_s: must be > 0, got {self.dist_timeout_s}")
+        if not 0.0 < self.max_skipped <= 1.0:
+            raise ConfigError(f"train.max_skipped: must be in (0, 1], got {self.max_skipped}")
+        if self.skip_window < 1:
+            raise ConfigError(f"train.skip_window: must be >= 1, got {self.skip_window}")
 
 
 @dataclass
@@ -199,6 +247,10 @@ class Config:
 
     def validate(self) -> "Config":
         """Check every section; returns ``self``.  Raises :class:`ConfigError` naming the key."""
+        if self.name and (why := check_run_name(self.name)):
+            raise ConfigError(f"name: {why}")
+        if not self.out_dir:
+            raise ConfigError("out_dir: must not be empty")
         self.data.validate()
         self.model.validate()
         try:
@@ -234,6 +286,8 @@ class Config:
             d = read_yaml(path)
             d.setdefault("name", Path(path).stem)
         for key, value in parse_overrides(overrides):
+            if key == "name" and value == "":
+                raise ConfigError("name: must not be empty (leave --name out for the preset's name)")
             _set_dotted(d, key, value)
         return cls.from_dict(d)
 
@@ -247,9 +301,15 @@ class Config:
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     try:
-        d = yaml.safe_load(path.read_text())
+        d = yaml.load(path.read_text(encoding="utf-8"), Loader=_Yaml12Loader)
     except FileNotFoundError:
         raise ConfigError(f"config file {path}: not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path}: is a folder, not a YAML file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path}: not a text file (is it a checkpoint or an image?)") from None
+    except OSError as e:
+        raise ConfigError(f"config file {path}: cannot be read ({e.strerror})") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path}: not valid YAML ({e})") from None
     if d is None:
@@ -315,6 +375,8 @@ def _coerce(value, tp, key: str):
     if tp is bool:
         if isinstance(value, bool):
             return value
+        if isinstance(value, (str, int)) and str(value).lower() in _TRUE | _FALSE:
+            return str(value).lower() in _TRUE
         raise bad("expected true or false")
     if tp is int:
         if isinstance(value, bool):
@@ -325,16 +387,19 @@ def _coerce(value, tp, key: str):
             f = float(value)
         except (TypeError, ValueError):
             raise bad("expected an integer") from None
-        if not f.is_integer():
+        if not f.is_integer():       # also nan and inf
             raise bad("expected an integer")
         return int(f)
     if tp is float:
         if isinstance(value, bool):
             raise bad("expected a number")
         try:
-            return float(value)
+            f = float(value)
         except (TypeError, ValueError):
             raise bad("expected a number") from None
+        if not math.isfinite(f):       # nan/inf would pass every range check below
+            raise bad("expected a finite number")
+        return f
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -393,7 +458,7 @@ def parse_overrides(tokens: Sequence[str]) -> list[tuple[str, object]]:
             i += 2
         key = resolve_key(key)
         try:
-            value = yaml.safe_load(raw)
+            value = yaml.load(raw, Loader=_Yaml12Loader)
         except yaml.YAMLError:
             value = raw
         out.append((key, "" if value is None else value))

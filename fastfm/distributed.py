@@ -12,7 +12,9 @@ batch, as plain DDP does) — documented, and the reason CPU multi-process runs 
 
 from __future__ import annotations
 
+import datetime
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -46,8 +48,41 @@ def resolve_device(name: str = "auto") -> torch.device:
     return dev
 
 
-def init_distributed(device: str = "auto") -> DistInfo:
-    """Initialise from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK), or a world of one."""
+class RankFailure(RuntimeError):
+    """A collective failed because another rank is stuck (timeout) or gone (connection lost)."""
+
+
+# What gloo and NCCL say when a peer froze or died.  They raise plain RuntimeErrors (or
+# torch.distributed.DistError subclasses), so the message is the only way to tell.
+_PEER_FAILURE = re.compile(r"timed out|timeout|connection closed by peer|connection reset|"
+                           r"broken pipe|socket closed|watchdog", re.I)
+
+
+def rank_failure(e: BaseException, timeout_s: float) -> RankFailure | None:
+    """``e`` as a :class:`RankFailure` with a message a user can act on, when it is a failed
+    collective of a multi-process run; None otherwise (a genuine bug keeps its traceback)."""
+    if not (dist.is_available() and dist.is_initialized()) or not isinstance(e, RuntimeError):
+        return None
+    text = str(e)
+    if not (isinstance(e, getattr(dist, "DistError", ())) or _PEER_FAILURE.search(text)):
+        return None
+    first = text.strip().splitlines()[0][:300] if text.strip() else type(e).__name__
+    if re.search(r"timed out|timeout|watchdog", text, re.I):
+        why = (f"a collective waited longer than train.dist_timeout_s = {timeout_s:g} s: another rank "
+               f"is frozen or far behind")
+    else:
+        why = "another rank is gone (it crashed or was killed)"
+    return RankFailure(f"{why} ({first}); with torchrun --max-restarts and --train.resume auto the "
+                       f"group restarts from last.pt")
+
+
+def init_distributed(device: str = "auto", timeout_s: float = 300.0) -> DistInfo:
+    """Initialise from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK), or a world of one.
+
+    ``timeout_s`` bounds every collective: a rank that freezes makes the others fail after it
+    (gloo raises; NCCL's watchdog aborts the process) instead of hanging the job forever.
+    Raises ValueError when the device is not available.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -58,8 +93,36 @@ def init_distributed(device: str = "auto") -> DistInfo:
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         kwargs = {"device_id": dev} if dev.type == "cuda" else {}
-        dist.init_process_group(backend=backend, **kwargs)
+        timeout = datetime.timedelta(seconds=timeout_s)
+        store = _restart_safe_store(rank, world, timeout)
+        if store is not None:
+            kwargs.update(store=store, rank=rank, world_size=world)
+        dist.init_process_group(backend=backend, timeout=timeout, **kwargs)
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev)
+
+
+def _restart_safe_store(rank: int, world: int, timeout: datetime.timedelta):
+    """The store for a worker that torchrun may restart, or None for the default (``env://``).
+
+    torchrun shares its rendezvous TCPStore with the workers, and the keys a process group writes
+    there outlive a restart: a restarted worker can read the address of a peer that died in the
+    previous round and fail to connect (torch issue #135712).  On one node every worker has the same
+    ``TORCHELASTIC_RESTART_COUNT``, which then namespaces the keys per round.  Across nodes the
+    counts can differ (a node that only follows a restart does not count it), so there the fix is
+    torch's own switch, ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` on every node (the README says so).
+    """
+    env = os.environ
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or int(env.get("TORCHELASTIC_MAX_RESTARTS", "0")) < 1:
+        return None
+    if int(env.get("GROUP_WORLD_SIZE", "1")) > 1:
+        if rank == 0:
+            print("warning: torchrun --max-restarts across nodes: set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 "
+                  "on every node, or a restarted group may fail to connect (torch issue #135712)",
+                  flush=True)
+        return None
+    store = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), world, is_master=False,
+                          timeout=timeout)
+    return dist.PrefixStore(f"fastfm/restart{env.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def convert_sync_bn(model: torch.nn.Module, info: DistInfo, enabled: bool = True) -> torch.nn.Module:
@@ -89,11 +152,6 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
-
-
-def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 def broadcast_object(obj, src: int = 0):

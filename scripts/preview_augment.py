@@ -5,7 +5,9 @@
 
 The augmentation is the default recipe, or the ``aug`` section of ``--config``, changed by any
 ``--aug.KEY VALUE`` override (the same keys as scripts/train.py; see fastfm/augment/config.py).
-A backend whose dependency is missing is reported and left out of the grid.
+A backend whose dependency is missing is reported and left out of the grid.  Bad options (--n or
+--rows below 1, an unknown or absent --device, an --out that cannot be written, a bad --aug.KEY)
+give one ``error: ...`` line and exit status 2 before any image is read.
 """
 
 from __future__ import annotations

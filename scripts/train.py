@@ -7,8 +7,10 @@
     torchrun --standalone --nproc_per_node=8 scripts/train.py --config configs/fast.yaml
 
 Every config key can be overridden with --section.key VALUE (listed by --help).  The run folder is
-runs/<name> (--name, default: the preset's file name); an existing one is an error unless --resume
-(continue from its last.pt) or --overwrite (start again).
+runs/<name> (--name: one plain folder name of letters, digits, '.', '_', '-'; default: the preset's
+file name); one that holds a run is an error unless --resume (continue from its last.pt) or
+--overwrite (start again: fastfm deletes only the files it wrote).  A folder fastfm did not create is
+never written into.  One run at a time per folder: a second launch fails, naming the first's pid.
 
 Several nodes: run the same command on every node, with the data and runs/ on a shared file system
 (every rank reads the data and last.pt; rank 0 writes).  With torchrun's c10d rendezvous:
@@ -19,12 +21,15 @@ Several nodes: run the same command on every node, with the data and runs/ on a 
 
 (HOST: any node reachable by all; or --master_addr/--master_port with --node_rank=0..N-1.)
 
-Preemption and restarts: on SIGTERM every rank stops at the same step (within train.log_every
-steps), rank 0 writes last.pt, and the process exits with status 143.  With --train.resume auto a
-relaunch, by torchrun --max-restarts or by the job scheduler, continues from last.pt by itself.
+Preemption and restarts: on SIGTERM or Ctrl-C (SIGINT) every rank stops at the same step (within
+train.log_every steps), rank 0 writes last.pt, and the process exits with status 143 (SIGTERM) or
+130 (SIGINT); a second Ctrl-C quits at once without saving.  With --train.resume auto a relaunch, by
+torchrun --max-restarts or by the job scheduler, continues from last.pt by itself; a frozen rank
+fails the others after --train.dist_timeout_s.
 
-Exit status: 0 done, 2 "error: ..." (bad configuration, existing run folder, missing data,
-non-finite loss), 143 stopped by SIGTERM with a checkpoint written.
+Exit status: 0 done; 2 "error: ..." (bad configuration, run folder in use or not fastfm's, missing
+data, unwritable or full disk, non-finite loss); 1 "error: ..." for a lost or frozen rank (other
+failures keep their traceback); 143 / 130 stopped by SIGTERM / SIGINT with last.pt written.
 """
 
 from __future__ import annotations
@@ -40,29 +45,37 @@ except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fastfm.config import Config, arg_parser, default_preset  # noqa: E402
-from fastfm.engine.train import USER_ERRORS, Interrupted, error_line, fit  # noqa: E402
+from fastfm.engine.train import RUN_FAILURES, USER_ERRORS, Interrupted, error_line, fit  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = arg_parser(__doc__)
     parser.add_argument("--resume", action="store_true", help="continue runs/<name> from its last.pt")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing runs/<name>")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start runs/<name> again, deleting the files a previous run wrote there")
     args, overrides = parser.parse_known_args(argv)
     if args.resume:
         overrides += ["--train.resume", "yes"]
-    if args.config is None:
-        args.config = default_preset()
-        if os.environ.get("RANK", "0") == "0":
-            why = "CUDA is available" if args.config.stem == "fast" else "no CUDA device"
-            print(f"no --config given: using configs/{args.config.name} ({why})", flush=True)
     try:
+        if args.config is None:
+            args.config = default_preset()
+            if os.environ.get("RANK", "0") == "0":
+                why = "CUDA is available" if args.config.stem == "fast" else "no CUDA device"
+                print(f"no --config given: using configs/{args.config.name} ({why})", flush=True)
         fit(Config.load(args.config, overrides), overwrite=args.overwrite)
     except USER_ERRORS as e:
         print(error_line(e), file=sys.stderr)
         return 2
+    except RUN_FAILURES as e:
+        print(error_line(e), file=sys.stderr)
+        return 1
     except Interrupted as e:
         print(f"{e}; rerun with --resume (or --train.resume auto) to continue", file=sys.stderr)
-        return 143
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopped at once, without saving (last.pt, if any, is the previous one)",
+              file=sys.stderr)
+        return 130
     return 0
 
 

@@ -120,17 +120,6 @@ def test_train_script_exits_with_error_line(args, message):
     assert "Traceback" not in r.stderr
 
 
-def test_existing_run_folder_is_not_overwritten(tmp_path):
-    run = tmp_path / "runs" / "cpu"
-    run.mkdir(parents=True)
-    (run / "metrics.jsonl").write_text("{}\n")
-    r = subprocess.run([sys.executable, "scripts/train.py", "--config", "configs/cpu.yaml",
-                        "--out_dir", str(tmp_path / "runs")], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "already exists" in r.stderr and "--resume" in r.stderr
-    assert "Traceback" not in r.stderr
-    assert (run / "metrics.jsonl").read_text() == "{}\n"
-
-
 def test_default_preset_follows_the_device():
     import torch
 

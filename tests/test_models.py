@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 import torch
 
 from fastfm.config import Config, ConfigError
 from fastfm.models import WideResNet, create_model
+from fastfm.models.factory import read_weights, state_dict_misfit
 
 
 def n_params(m: torch.nn.Module) -> int:
@@ -76,3 +79,72 @@ def test_factory_errors(model, message):
     with pytest.raises(ConfigError) as e:
         create_model(Config.from_dict({"model": model}))
     assert message in str(e.value)
+
+
+class NotWeights:
+    """A pickled object: ``weights_only`` loading must refuse it, never run it."""
+
+
+def _wrn10(**model) -> Config:
+    return Config.from_dict({"model": {"depth": 10, "width": 1, **model}})
+
+
+@pytest.mark.parametrize("content, message", [
+    ("object", "is not a plain weights file (UnpicklingError)"),
+    ("list", "holds a list, not a state dict"),
+    ("tensor", "holds a Tensor, not a state dict"),
+    ("numbers", "entries that are not named tensors: a"),
+    ("nan", "holds NaN or inf in fc.weight"),
+])
+def test_pretrained_file_must_be_plain_finite_weights(tmp_path, content, message):
+    path = tmp_path / "w.pt"
+    if content == "object":
+        with open(path, "wb") as f:
+            pickle.dump(NotWeights(), f)
+    elif content == "nan":
+        state = create_model(_wrn10()).state_dict()
+        state["fc.weight"][0, 0] = float("inf")
+        torch.save(state, path)
+    else:
+        torch.save({"list": [torch.zeros(2)], "tensor": torch.zeros(2), "numbers": {"a": 1}}[content], path)
+    for name in ("wrn", "resnet18"):
+        with pytest.raises(ConfigError) as e:
+            create_model(Config.from_dict({"model": {"name": name, "depth": 10, "width": 1,
+                                                     "pretrained": str(path)}}))
+        assert str(e.value).startswith(f"model.pretrained: {path} ") and message in str(e.value)
+
+
+def test_pretrained_weights_of_another_architecture_are_refused(tmp_path):
+    import timm
+
+    path = tmp_path / "w.pt"
+    torch.save(create_model(_wrn10()).state_dict(), path)
+    with pytest.raises(ConfigError, match="does not fit wrn-16-1 .*of another shape"):
+        create_model(Config.from_dict({"model": {"depth": 16, "width": 1, "pretrained": str(path)}}))
+    # timm loads non-strictly when it replaces the head: without the check, this would be a
+    # randomly initialised resnet18 that claims to be pretrained.
+    with pytest.raises(ConfigError, match="does not fit resnet18: 100 of the model's tensors missing"):
+        create_model(Config.from_dict({"model": {"name": "resnet18", "pretrained": str(path)}, "aug": {"channels": 1}}))
+    torch.save(timm.create_model("resnet34").state_dict(), path)
+    with pytest.raises(ConfigError, match="does not fit resnet18: 96 not in the model"):
+        create_model(Config.from_dict({"model": {"name": "resnet18", "pretrained": str(path)}, "aug": {"channels": 1}}))
+
+
+def test_read_weights_unwraps_checkpoints_and_ddp_prefixes(tmp_path):
+    src = create_model(_wrn10()).state_dict()
+    torch.save({"state_dict": {f"module.{k}": v for k, v in src.items()}, "epoch": 3}, tmp_path / "w.pt")
+    state = read_weights(tmp_path / "w.pt")
+    assert state.keys() == src.keys() and state_dict_misfit(src, state) is None
+    m = create_model(_wrn10(pretrained=str(tmp_path / "w.pt")))
+    assert torch.equal(m.fc.weight, src["fc.weight"])
+
+
+def test_state_dict_misfit_names_what_differs():
+    model = create_model(_wrn10()).state_dict()
+    given = {k: v for k, v in model.items() if k != "fc.bias" and not k.endswith("num_batches_tracked")}
+    given["fc.weight"] = torch.zeros(10, 7)
+    given["extra"] = torch.zeros(1)
+    why = state_dict_misfit(model, given)
+    assert "1 of the model's tensors missing (fc.bias)" in why and "1 not in the model (extra)" in why
+    assert "fc.weight (10, 7) (model: (10, 64))" in why
+    assert state_dict_misfit(model, given, ignore=("fc.", "extra")) is None

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,3 +42,25 @@ def test_preview_missing_data_is_a_clear_error(tmp_path):
     r = _run("--backend", "native", "--out", str(tmp_path / "g.png"), "--data", str(tmp_path))
     assert r.returncode == 2
     assert "prepare_data.py" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("args, option", [
+    (["--n", "0"], "--n"),
+    (["--n", "-3"], "--n"),
+    (["--rows", "0"], "--rows"),
+    (["--device", "tpu"], "--device"),
+])
+def test_preview_bad_count_or_device_is_named(data_root, tmp_path, args, option):
+    r = _run("--backend", "native", "--out", str(tmp_path / "g.png"), "--data", str(data_root), *args)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.startswith(f"error: {option}:") and len(r.stderr.splitlines()) == 1
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_preview_unwritable_out_fails_before_reading_data(tmp_path):
+    """--data points nowhere: the --out error (not the data error) shows it was checked first."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    r = _run("--backend", "native", "--out", str(blocker / "g.png"), "--data", str(tmp_path / "no_data"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("error: --out:") and str(blocker) in r.stderr and len(r.stderr.splitlines()) == 1

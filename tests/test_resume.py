@@ -13,7 +13,7 @@ import pytest
 import torch
 from test_train import tiny_config
 
-from fastfm.engine.checkpoint import (CheckpointError, RunFolderError, load_checkpoint, prepare_run_dir,
+from fastfm.engine.checkpoint import (MARKER, CheckpointError, RunFolder, RunFolderError, load_checkpoint,
                                      save_checkpoint)
 from fastfm.engine.train import Interrupted, StopSignal, fit
 
@@ -141,11 +141,10 @@ def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
     save_checkpoint({"config": {}, "model": {"w": torch.ones(3)}}, path)
 
-    def dies_midway(obj, f, *args, **kwargs):
-        f.write(b"PK\x03\x04 half a zip file")
-        raise KeyboardInterrupt          # a kill or a crash in the middle of the write
+    def dies_midway(fd):
+        raise KeyboardInterrupt          # a kill or a crash after the bytes, before the rename
 
-    monkeypatch.setattr(torch, "save", dies_midway)
+    monkeypatch.setattr(os, "fsync", dies_midway)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint({"config": {}, "model": {"w": torch.zeros(3)}}, path)
     monkeypatch.undo()
@@ -161,15 +160,29 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
         load_checkpoint(path)
 
 
+def _open(run: Path, resume: str, overwrite: bool = False) -> Path | None:
+    folder = RunFolder.open(run.parent, run.name, resume, overwrite)
+    folder.close()
+    return folder.resume_from
+
+
 def test_run_folder_rules(tmp_path):
     run = tmp_path / "r"
-    assert prepare_run_dir(run, "no", overwrite=False) is None and run.is_dir()
+    assert _open(run, "no") is None and (run / MARKER).is_file()
     (run / "metrics.jsonl").write_text("{}\n")
-    with pytest.raises(RunFolderError, match="already exists"):
-        prepare_run_dir(run, "no", overwrite=False)
+    with pytest.raises(RunFolderError, match="already holds a run"):
+        _open(run, "no")
     # auto without last.pt: a relaunch of a job that died before its first checkpoint starts afresh
-    assert prepare_run_dir(run, "auto", overwrite=False) is None and not any(run.iterdir())
+    assert _open(run, "auto") is None and not (run / "metrics.jsonl").exists()
     save_checkpoint({"config": {}}, run / "last.pt")
-    assert prepare_run_dir(run, "auto", overwrite=False) == run / "last.pt"
-    assert prepare_run_dir(run, "yes", overwrite=False) == run / "last.pt"
-    assert prepare_run_dir(run, "no", overwrite=True) is None and not any(run.iterdir())
+    assert _open(run, "auto") == run / "last.pt"
+    assert _open(run, "yes") == run / "last.pt"
+    assert _open(run, "no", overwrite=True) is None and not (run / "last.pt").exists()
+
+
+def test_run_folder_lock_is_exclusive_and_released(tmp_path):
+    held = RunFolder.open(tmp_path, "r", "no", False)
+    with pytest.raises(RunFolderError, match=f"in use by another fastfm run \\(pid {os.getpid()}\\)"):
+        RunFolder.open(tmp_path, "r", "auto", False)
+    held.close()
+    RunFolder.open(tmp_path, "r", "auto", False).close()

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from fastfm.config import Config
 from fastfm.engine import train as train_mod
 from fastfm.engine.amp import Precision, create_scaler
-from fastfm.engine.checkpoint import RunFolderError, load_checkpoint
+from fastfm.engine.checkpoint import load_checkpoint
 from fastfm.engine.evaluate import evaluate_checkpoint, shift_images, tta_views
 from fastfm.engine.optim import WarmupCosine
 from fastfm.engine.train import NonFiniteLoss, fit
@@ -79,14 +79,6 @@ def test_evaluate_script(tmp_path, data_root):
     r = subprocess.run([sys.executable, "scripts/evaluate.py", "--ckpt", str(tmp_path / "nope.pt")],
                        cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
-
-
-def test_existing_run_folder_needs_resume_or_overwrite(tmp_path, data_root):
-    cfg = tiny_config(tmp_path, data_root, train={"epochs": 1})
-    fit(cfg)
-    with pytest.raises(RunFolderError, match="already exists"):
-        fit(cfg)
-    assert fit(cfg, overwrite=True)["epochs"] == 1
 
 
 class NaNAt:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ..bench import check_writable, parse_device
 from . import BackendUnavailable, create_augmenter
 from .config import AugConfig
 
@@ -22,7 +23,18 @@ def _to_grid(x: torch.Tensor, mean: float, std: float, nrow: int) -> torch.Tenso
 def preview(out: str | Path, *, backends=("native",), data_root="data", n: int = 8, rows: int = 4,
             seed: int = 0, device="cpu", aug: AugConfig | None = None) -> dict:
     """Write ``out``: for each backend, ``n`` training images (top row: the test-time view) and
-    ``rows`` independent augmentations of each.  Returns {backend: "ok" | reason it is missing}."""
+    ``rows`` independent augmentations of each.  Returns {backend: "ok" | reason it is missing}.
+
+    Raises ``ValueError`` naming the script's option (``--n``, ``--rows``, ``--device``, ``--out``)
+    for a count below 1, an unknown or absent device, or an ``out`` that cannot be written, before
+    any data is read.
+    """
+    for name, value in (("--n", n), ("--rows", rows)):
+        if value < 1:
+            raise ValueError(f"{name}: must be >= 1, got {value}")
+    device = parse_device(str(device))
+    check_writable(out, "--out")
+
     import matplotlib
 
     matplotlib.use("Agg")

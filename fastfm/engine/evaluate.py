@@ -24,10 +24,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..augment import create_augmenter
-from ..config import Config
+from ..bench import parse_device
+from ..config import Config, ConfigError
 from ..data.resident import EpochLoader, ResidentData
 from ..distributed import DistInfo, all_reduce_sum, init_distributed
 from ..models import create_model
+from ..models.factory import nonfinite_tensors, state_dict_misfit
 from .amp import Precision, resolve_precision
 from .checkpoint import CheckpointError, load_checkpoint
 
@@ -128,23 +130,30 @@ def evaluate_checkpoint(path: str, *, tta: bool = False, weights: str = "auto", 
     """Rebuild the model from a checkpoint (its resolved config) and evaluate it on the test set.
 
     ``weights``: ``model``, ``ema``, or ``auto`` (the EMA weights when the run kept them: they are
-    what the run reported as final).  Runs under torchrun too (each rank evaluates its shard).
+    what the run reported as final).  The checkpoint alone is needed: its weights replace any
+    ``model.pretrained`` file the run started from, which is not read.  Runs under torchrun too
+    (each rank evaluates its shard).
     Returns ``{"test_loss", "test_acc", "per_class_acc", "weights", ["test_loss_tta", "test_acc_tta"]}``.
+
+    Raises, before the checkpoint is read, :class:`ConfigError` naming the option (``--batch-size``,
+    ``--weights``, ``--device``) for a bad argument; then :class:`CheckpointError` naming the file
+    when it is not a complete fastfm checkpoint, or its weights do not fit the model of its config
+    or hold NaN or inf; then ``DataError`` for missing test data.
     """
-    info = init_distributed(device)
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"--batch-size: must be >= 1, got {batch_size}")
+    if weights not in ("auto", "model", "ema"):
+        raise ConfigError(f"--weights: {weights!r} is not auto, model or ema")
+    parse_device(device)
     state = load_checkpoint(path)
-    cfg = Config.from_dict(state["config"])
-    if weights == "auto":
-        weights = "ema" if state.get("ema") is not None else "model"
-    if state.get(weights) is None:
-        raise CheckpointError(f"{path}: holds no {weights!r} weights")
-    model = create_model(cfg)
-    model.load_state_dict(state[weights])
+    cfg, model, weights = _model_from_checkpoint(path, state, weights)
+    norm = _norm(path, state)
+    info = init_distributed(device)
     fmt = torch.channels_last if cfg.aug.channels_last else torch.contiguous_format
     model.to(info.device, memory_format=fmt)
-    augmenter = create_augmenter(cfg.aug, info.device, seed=0, mean=state["norm"]["mean"], std=state["norm"]["std"])
+    augmenter = create_augmenter(cfg.aug, info.device, seed=0, mean=norm["mean"], std=norm["std"])
     test = ResidentData.load(data_root or cfg.data.root, "test", info.device, cfg.data.test_limit or None)
-    loader = eval_loader(test, batch_size or cfg.eval.batch_size, info)
+    loader = eval_loader(test, cfg.eval.batch_size if batch_size is None else batch_size, info)
     autocast = Precision(resolve_precision(cfg.train.precision, info.device), info.device).autocast
     k = cfg.aug.num_classes
     plain = evaluate(model, loader, [augmenter.eval], autocast, k)
@@ -155,3 +164,46 @@ def evaluate_checkpoint(path: str, *, tta: bool = False, weights: str = "auto", 
         res = evaluate(model, loader, views, autocast, k)
         out.update(test_loss_tta=res.loss, test_acc_tta=res.acc, tta_views=len(views))
     return out
+
+
+def _model_from_checkpoint(path: str, state: dict, weights: str) -> tuple[Config, nn.Module, str]:
+    """The checkpoint's config, its model (on the CPU) holding the chosen weights, and which weights
+    (``auto`` resolved); :class:`CheckpointError` naming ``path`` when any of them is unusable."""
+    try:
+        cfg = Config.from_dict(state["config"])
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: its config is not valid ({e})") from None
+    # The checkpoint holds every weight: the run's starting weights file may be gone or changed.
+    cfg.model.pretrained = ""
+    if weights == "auto":
+        weights = "ema" if state.get("ema") is not None else "model"
+    sd = state.get(weights)
+    if sd is None:
+        raise CheckpointError(f"{path}: holds no {weights!r} weights")
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(f"{path}: its {weights!r} entry is not a state dict of tensors")
+    try:
+        model = create_model(cfg)
+    except ConfigError as e:      # a timm model this installation does not know
+        raise CheckpointError(f"{path}: cannot rebuild its model ({e})") from None
+    why = state_dict_misfit(model.state_dict(), sd)
+    if why:
+        raise CheckpointError(f"{path}: its {weights} weights do not fit the model of its config "
+                              f"({cfg.model.name}): {why}")
+    bad = nonfinite_tensors(sd)
+    if bad:
+        raise CheckpointError(f"{path}: its {weights} weights hold NaN or inf (in {', '.join(bad[:3])}"
+                              f"{', ...' if len(bad) > 3 else ''}); there is nothing to evaluate")
+    model.load_state_dict(sd)
+    return cfg, model, weights
+
+
+def _norm(path: str, state: dict) -> dict:
+    """The training set's pixel mean and std the checkpoint was trained with."""
+    norm = state.get("norm")
+    ok = isinstance(norm, dict) and all(isinstance(norm.get(k), (int, float)) and math.isfinite(norm[k])
+                                        for k in ("mean", "std"))
+    if not ok or norm["std"] <= 0:
+        raise CheckpointError(f"{path}: holds no valid 'norm' entry (the training images' pixel mean and "
+                              f"std), got {norm!r}")
+    return norm

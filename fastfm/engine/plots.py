@@ -2,11 +2,15 @@
 
 matplotlib is imported inside the functions (it is slow to import) and used through its
 object-oriented API with the Agg canvas: no pyplot, no global backend switch, no display needed.
+Figures are written atomically (:func:`fastfm.data.idx.atomic_writer`), so a reader never sees half
+a PNG and a crash never leaves one.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from ..data.idx import atomic_writer
 
 
 def _figure(width: float, height: float):
@@ -16,6 +20,11 @@ def _figure(width: float, height: float):
     fig = Figure(figsize=(width, height), dpi=110)
     FigureCanvasAgg(fig)
     return fig
+
+
+def _save(fig, path: str | Path) -> None:
+    with atomic_writer(path) as f:
+        fig.savefig(f, format="png")
 
 
 def plot_curves(records: list[dict], path: str | Path) -> None:
@@ -47,7 +56,7 @@ def plot_curves(records: list[dict], path: str | Path) -> None:
     ax_loss.legend()
     ax_acc.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    _save(fig, path)
 
 
 def plot_confusion(confusion: list[list[int]], classes: tuple[str, ...], path: str | Path, title: str) -> None:
@@ -68,4 +77,4 @@ def plot_confusion(confusion: list[list[int]], classes: tuple[str, ...], path: s
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    fig.savefig(path)
+    _save(fig, path)

@@ -15,12 +15,27 @@ Skipped steps (fp16, or ``train.on_nonfinite: skip``).  Step ``n`` uses ``schedu
 with ``skipped`` as of the last refresh: a skipped step leaves the schedule where it was, at most
 ``log_every`` steps late.  bf16 and fp32 never skip in the default ``stop`` mode.
 
+A window of ``train.skip_window`` steps (an epoch's end also closes one) in which more than
+``train.max_skipped`` of the steps were skipped stops the run with :class:`NonFiniteLoss`: a run whose
+every step is skipped is dead, not training.  An epoch without a finite loss reports its train loss as
+missing (``null``), never as 0.
+
 Resume.  ``last.pt`` holds the model, optimizer, scaler, EMA, the epoch, the step within the epoch,
 the global step and, for every rank, the torch CPU/CUDA generator states and the augmenter's state.
 The data order is a function of (seed, epoch), so a resumed run skips the batches already done and
 continues bit for bit (on the CPU; on CUDA with ``train.deterministic``).  ``last.pt`` is written at
-every epoch end and, on SIGTERM, at the next refresh: the refresh's all-reduce makes every rank see
-the request at the same step, so all ranks stop together.  Exact resume needs the same world size.
+every epoch end, every ``train.checkpoint_every_min`` minutes (at a refresh), and on SIGTERM or
+SIGINT at the next refresh: the refresh's all-reduce makes every rank see the request (and rank 0's
+clock) at the same step, so all ranks stop or save together.  Exact resume needs the same world size
+and the same shape-defining config (:data:`RESUME_FIXED`; a change there is refused, naming the keys).
+
+Consistency of ``best.pt`` and ``last.pt``: at an improved evaluation ``best.pt`` is written first,
+then ``last.pt``.  A crash between them leaves ``best.pt`` one epoch ahead; a resumed run takes the
+best accuracy and epoch from ``best.pt`` itself, so ``summary.json`` always names what ``best.pt``
+holds, whatever the crash point.
+
+Set-up checks everything it can (config, device, data, batch size against the data, model) before
+the run folder is opened (:class:`~fastfm.engine.checkpoint.RunFolder`: marker, lock, cleaning).
 
 CPU multi-process runs (gloo, for tests) have no SyncBatchNorm: each rank's BatchNorm running
 statistics then differ slightly, and per-epoch test figures come from per-rank statistics.
@@ -48,22 +63,34 @@ from ..bench import device_name, git_revision
 from ..config import Config, ConfigError
 from ..data.idx import DataError
 from ..data.resident import EpochLoader, ResidentData
-from ..distributed import (DistInfo, all_reduce_sum, broadcast_object, cleanup, convert_sync_bn,
-                           init_distributed, wrap_ddp)
+from ..distributed import (DistInfo, RankFailure, all_reduce_sum, broadcast_object, cleanup,
+                           convert_sync_bn, init_distributed, rank_failure, wrap_ddp)
 from ..models import create_model
 from .amp import NoGuard, Precision, create_buffer_guard, create_scaler, resolve_precision
-from .checkpoint import (CheckpointError, RunFolderError, append_jsonl, load_checkpoint, prepare_run_dir,
-                         save_checkpoint, write_json)
+from .checkpoint import (CheckpointError, RunFolder, RunFolderError, append_jsonl, load_checkpoint,
+                         read_jsonl, save_checkpoint, write_json, write_text, writing)
 from .evaluate import CLASSES, EvalResult, eval_loader, evaluate, tta_views
 from .optim import WarmupCosine, create_optimizer
 from .plots import plot_confusion, plot_curves
 
 # Keys that may differ between a run and its resumption without a warning.
-RESUME_FREE_KEYS = ("train.resume", "train.progress", "train.log_every")
+RESUME_FREE_KEYS = ("train.resume", "train.progress", "train.log_every", "train.checkpoint_every_min",
+                    "train.dist_timeout_s", "train.device", "data.root", "model.pretrained")
+# Keys a resumption cannot follow: they shape the weights, the optimizer and scaler state, or the
+# steps of an epoch.  Resuming with any of them changed is refused, naming them.
+RESUME_FIXED = ("model.", "aug.channels", "aug.num_classes", "optim.name", "train.batch_size",
+                "train.precision", "train.on_nonfinite", "data.train_limit", "ema.enabled")
 
 
 class Interrupted(Exception):
-    """Training stopped on request (SIGTERM) after writing ``last.pt``; rerun to resume."""
+    """Training stopped on request (SIGTERM or SIGINT) after writing ``last.pt``; rerun to resume.
+
+    ``exit_code``: 128 + the signal's number (143 for SIGTERM, 130 for SIGINT), the shell's convention.
+    """
+
+    def __init__(self, message: str, signum: int = signal.SIGTERM):
+        super().__init__(message)
+        self.exit_code = 128 + int(signum)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -71,8 +98,11 @@ class NonFiniteLoss(RuntimeError):
 
 
 # Errors the user can act on (configuration, run folder, data, checkpoint, divergence): the scripts
-# print them as "error: ..." without a traceback.
+# print them as "error: ..." without a traceback and exit with status 2.
 USER_ERRORS = (ConfigError, RunFolderError, CheckpointError, DataError, BackendUnavailable, NonFiniteLoss)
+# A failed collective (a frozen or lost rank): "error: ..." too, but status 1: the run failed, the
+# command was right (torchrun --max-restarts restarts on any non-zero status).
+RUN_FAILURES = (RankFailure,)
 
 
 def error_line(e: Exception) -> str:
@@ -84,30 +114,46 @@ def error_line(e: Exception) -> str:
 
 
 class StopSignal:
-    """A stop request, set by SIGTERM while installed; the trainer reads it at refreshes only.
+    """A stop request, set by SIGTERM or SIGINT (Ctrl-C) while installed; the trainer reads it at
+    refreshes only, writes ``last.pt`` and raises :class:`Interrupted`.
 
     The handler only sets a flag, so a signal arriving in the middle of a checkpoint write or an
-    all-reduce does no harm.
+    all-reduce does no harm.  A second SIGINT is the user insisting: it raises KeyboardInterrupt at
+    once (no checkpoint; a write in progress is abandoned whole, the previous file kept).
     """
 
-    def __init__(self):
-        self._set = False
-        self._previous = None
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def set(self, *_) -> None:
-        self._set = True
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def set(self, signum: int = signal.SIGTERM, _frame=None) -> None:
+        if signum == signal.SIGINT and self.signum is not None:
+            raise KeyboardInterrupt
+        if self.signum is None:
+            self.signum = signum
+        if signum == signal.SIGINT and int(os.environ.get("RANK", "0")) == 0:
+            # os.write, not print: a handler may run in the middle of another write to stderr.
+            os.write(2, b"\nCtrl-C: stopping at the next refresh and writing last.pt "
+                        b"(press Ctrl-C again to quit at once, without saving)\n")
 
     def is_set(self) -> bool:
-        return self._set
+        return self.signum is not None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum or signal.SIGTERM).name
 
     def install(self) -> None:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self.set)
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self.set)
 
     def restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
 
 
 class TrainStep:
@@ -165,25 +211,28 @@ class Snapshot:
     first_bad: int | None
     skipped: int
     stop: bool
+    save: bool       # rank 0's clock says a periodic checkpoint is due
 
 
-def read_stats(stats: StepStats, scaler, stop: StopSignal, info: DistInfo) -> Snapshot:
+def read_stats(stats: StepStats, scaler, stop: StopSignal, info: DistInfo, save_due: bool) -> Snapshot:
     """One all-reduce and one device->host transfer: the only sync of a refresh.
 
     Slot ``r`` carries rank r's first non-finite step (+1, 0 = none) so that every rank learns the
-    earliest one from a plain sum.
+    earliest one from a plain sum.  ``save_due`` counts from rank 0 only: one clock decides, so all
+    ranks save at the same step.
     """
     w = info.world_size
-    v = torch.zeros(w + 4, dtype=torch.float64, device=stats.loss_sum.device)
+    v = torch.zeros(w + 5, dtype=torch.float64, device=stats.loss_sum.device)
     v[info.rank] = stats.first_bad + 1
     v[w] = stats.loss_sum
     v[w + 1] = stats.finite
     v[w + 2] = scaler.skipped          # equal on every rank (the gradients are all-reduced)
     v[w + 3] = float(stop.is_set())
+    v[w + 4] = float(save_due and info.is_primary)
     values = all_reduce_sum(v).tolist()
     bad = [int(b) - 1 for b in values[:w] if b > 0]
     return Snapshot(loss_sum=values[w], finite=int(values[w + 1]), first_bad=min(bad) if bad else None,
-                    skipped=round(values[w + 2] / w), stop=values[w + 3] > 0)
+                    skipped=round(values[w + 2] / w), stop=values[w + 3] > 0, save=values[w + 4] > 0)
 
 
 @dataclass
@@ -258,10 +307,15 @@ def build_training(cfg: Config, info: DistInfo, steps_per_epoch: int) -> Trainin
 
 
 class Trainer:
-    """Everything a run needs, built once (see the module docstring for the order)."""
+    """Everything a run needs, built once (see the module docstring for the order).
 
-    def __init__(self, cfg: Config, info: DistInfo, run_dir: Path, stop: StopSignal):
-        self.cfg, self.info, self.run_dir, self.stop = cfg, info, run_dir, stop
+    Construction touches no file but the data: the run folder is given later (:meth:`attach`), once
+    everything that can fail on the configuration or the data has been checked.
+    """
+
+    def __init__(self, cfg: Config, info: DistInfo, stop: StopSignal):
+        self.cfg, self.info, self.stop = cfg, info, stop
+        self.run_dir: Path | None = None
         device = info.device
         tc = cfg.train
         if tc.batch_size % info.world_size:
@@ -270,6 +324,11 @@ class Trainer:
         limit = cfg.data.train_limit or None
         self.train_data = ResidentData.load(cfg.data.root, "train", device, limit)
         self.test_data = ResidentData.load(cfg.data.root, "test", device, cfg.data.test_limit or None)
+        n = len(self.train_data)
+        if n // info.world_size < tc.batch_size // info.world_size:    # not one full batch per rank
+            raise ConfigError(f"train.batch_size: {tc.batch_size} is larger than the training set ({n:,} "
+                              f"images{' with data.train_limit' if limit else ''}): not one full batch "
+                              f"per epoch; lower train.batch_size")
         self.mean, self.std = self.train_data.pixel_stats()
         self.loader = EpochLoader(self.train_data, tc.batch_size // info.world_size, rank=info.rank,
                                   world_size=info.world_size, seed=tc.seed, shuffle=True,
@@ -284,7 +343,12 @@ class Trainer:
         self.augmenter = create_augmenter(cfg.aug, device, seed=tc.seed + info.rank, mean=self.mean, std=self.std)
         self.progress = Progress()
         self.wall_base, self.t_start = 0.0, time.perf_counter()
+        self.last_saved = self.t_start          # for train.checkpoint_every_min (rank 0's clock)
         self.last_eval: tuple[EvalResult, EvalResult | None] | None = None
+
+    def attach(self, run_dir: Path) -> None:
+        """The run folder, opened (and locked by rank 0) once set-up has succeeded."""
+        self.run_dir = run_dir
 
     # ------------------------------------------------------------------ state
 
@@ -316,21 +380,36 @@ class Trainer:
             save_checkpoint({**self._weights(), "optimizer": self.optimizer.state_dict(),
                              "scaler": self.scaler.state_dict(), "progress": asdict(self.progress),
                              "rank_states": ranks}, self.run_dir / "last.pt")
+        self.last_saved = time.perf_counter()
 
     def save_best(self) -> None:
         if self.info.is_primary:
             save_checkpoint({**self._weights(), "progress": asdict(self.progress)}, self.run_dir / "best.pt")
 
     def load(self, path: Path) -> None:
-        """Continue from ``last.pt`` (see the module docstring)."""
+        """Continue from ``last.pt`` (see the module docstring).
+
+        Raises :class:`ConfigError` when a key of :data:`RESUME_FIXED` changed, and
+        :class:`CheckpointError` when the file does not fit this run (another model, a missing
+        part); both before any state is changed.
+        """
         state = load_checkpoint(path)     # on the CPU: load_state_dict copies to the right devices
-        self._warn_config_changes(state["config"])
-        self.model.load_state_dict(state["model"])
-        if self.ema is not None:
-            self.ema.module.load_state_dict(state["ema"] if state["ema"] is not None else state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.progress = Progress(**state["progress"])
+        missing = [k for k in ("model", "optimizer", "scaler", "progress", "rank_states") if k not in state]
+        if missing:
+            raise CheckpointError(f"{path}: not a resumable checkpoint (no {', '.join(missing)}); "
+                                  f"best.pt is for evaluation, last.pt for resuming")
+        self._check_config_changes(state["config"], path)
+        try:
+            self.model.load_state_dict(state["model"])
+            if self.ema is not None:
+                self.ema.module.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scaler.load_state_dict(state["scaler"])
+            self.progress = Progress(**state["progress"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as e:
+            first = str(e).strip().splitlines()[0][:300]
+            raise CheckpointError(f"{path}: does not fit this run's model or optimizer ({first})") from None
+        self._take_best(path.with_name("best.pt"))
         if not self.info.is_primary:          # the saved epoch sums are all ranks' together
             self.progress.loss_sum, self.progress.finite = 0.0, 0
         self.wall_base, self.t_start = self.progress.wall_time, time.perf_counter()
@@ -345,16 +424,30 @@ class Trainer:
             self._log(f"warning: {path} was written by {len(ranks)} rank(s), this run has "
                       f"{self.info.world_size}: random streams restart, the resumption is not exact")
         if self.info.is_primary:
-            _trim_metrics(self.run_dir / "metrics.jsonl", self.progress.epoch)
+            _trim_metrics(self.run_dir / "metrics.jsonl", self.progress.epoch, self._log)
         self._log(f"resumed from {path}: epoch {self.progress.epoch + 1}, "
                   f"batch {self.progress.epoch_step} of {len(self.loader)}")
 
-    def _warn_config_changes(self, saved: dict) -> None:
+    def _take_best(self, best: Path) -> None:
+        """The best accuracy so far is what ``best.pt`` holds (it may be an epoch ahead of
+        ``last.pt`` after a crash between the two writes); none when it is missing."""
+        self.progress.best_acc, self.progress.best_epoch = -1.0, 0
+        if best.is_file():
+            saved = load_checkpoint(best).get("progress") or {}
+            self.progress.best_acc = saved.get("best_acc", -1.0)
+            self.progress.best_epoch = saved.get("best_epoch", 0)
+
+    def _check_config_changes(self, saved: dict, path: Path) -> None:
         now, before = _flatten(self.cfg.to_dict()), _flatten(saved)
         changed = [k for k in now if now[k] != before.get(k) and k not in RESUME_FREE_KEYS]
+        fixed = [k for k in changed if k.startswith(RESUME_FIXED)]
+        describe = lambda keys: ", ".join(f"{k}: {before.get(k)!r} -> {now[k]!r}" for k in keys)  # noqa: E731
+        if fixed:
+            raise ConfigError(f"cannot resume {path} with a changed {describe(fixed)}: the checkpoint "
+                              f"cannot follow that change; restore the value(s), or start a new run "
+                              f"(--name)")
         if changed:
-            self._log("warning: resuming with a changed config: "
-                      + ", ".join(f"{k}: {before.get(k)!r} -> {now[k]!r}" for k in changed))
+            self._log("warning: resuming with a changed config: " + describe(changed))
 
     def _log(self, msg: str) -> None:
         if self.info.is_primary:
@@ -365,8 +458,9 @@ class Trainer:
     def train_one_epoch(self, epoch: int) -> dict:
         """Train epoch ``epoch`` (from ``progress.epoch_step`` when resuming mid-epoch).
 
-        Returns ``{"train_loss", "lr", "images_per_sec"}``; raises :class:`NonFiniteLoss` or, after
-        saving ``last.pt``, :class:`Interrupted`.
+        Returns ``{"train_loss", "lr", "images_per_sec", "epoch_skipped"}`` (``train_loss`` None
+        when no step of the epoch had a finite loss); raises :class:`NonFiniteLoss` or, after saving
+        ``last.pt``, :class:`Interrupted`.
         """
         cfg, p, info = self.cfg, self.progress, self.info
         n, start = len(self.loader), p.epoch_step
@@ -379,6 +473,8 @@ class Trainer:
         t_epoch = t_window = time.perf_counter()
         last_refresh = start
         snap, lr = None, 0.0
+        skipped_at_start = window = (p.step, p.skipped)       # (step, skipped) where the window opened
+        every_s = 60.0 * cfg.train.checkpoint_every_min
         with bar:
             for i, (images, labels) in enumerate(itertools.islice(self.loader, start, None), start):
                 lr = self.training.iteration(self.augmenter, stats, images, labels, p.step,
@@ -386,8 +482,9 @@ class Trainer:
                 p.step += 1
                 if (i + 1) % cfg.train.log_every and i + 1 < n:
                     continue
-                snap = read_stats(stats, self.scaler, self.stop, info)
                 now = time.perf_counter()
+                snap = read_stats(stats, self.scaler, self.stop, info,
+                                  save_due=every_s > 0 and now - self.last_saved >= every_s)
                 if snap.first_bad is not None and cfg.train.on_nonfinite == "stop":
                     first_of_epoch = p.step - (i + 1)
                     raise NonFiniteLoss(
@@ -395,20 +492,36 @@ class Trainer:
                         f"{epoch + 1}, batch {snap.first_bad - first_of_epoch + 1} of {n}); stopping. "
                         f"Lower optim.lr, set optim.clip_grad, or set train.on_nonfinite: skip.")
                 p.skipped = snap.skipped
-                bar.set_postfix(loss=f"{snap.loss_sum / max(1, snap.finite):.4f}", lr=f"{lr:.3g}",
+                if p.step - window[0] >= cfg.train.skip_window or i + 1 == n:
+                    self._check_skipped(p.step - window[0], p.skipped - window[1], epoch)
+                    window = (p.step, p.skipped)
+                loss = f"{snap.loss_sum / snap.finite:.4f}" if snap.finite else "n/a"
+                bar.set_postfix(loss=loss, lr=f"{lr:.3g}",
                                 img_s=f"{(i + 1 - last_refresh) * global_batch / (now - t_window):.0f}",
                                 **({"skipped": p.skipped} if p.skipped else {}), refresh=False)
                 bar.update(i + 1 - last_refresh)
                 last_refresh, t_window = i + 1, now
-                if snap.stop and i + 1 < n:
+                if (snap.stop or snap.save) and i + 1 < n:
                     p.epoch_step, p.loss_sum, p.finite = i + 1, snap.loss_sum, snap.finite
                     self.save_last()
-                    raise Interrupted(f"stopped by SIGTERM at epoch {epoch + 1}, batch {i + 1} of {n}; "
-                                      f"{self.run_dir / 'last.pt'} written")
+                    if snap.stop:
+                        raise Interrupted(f"stopped by {self.stop.name} at epoch {epoch + 1}, batch "
+                                          f"{i + 1} of {n}; {self.run_dir / 'last.pt'} written",
+                                          self.stop.signum or signal.SIGTERM)
         seconds = time.perf_counter() - t_epoch
         p.epoch, p.epoch_step, p.loss_sum, p.finite = epoch + 1, 0, 0.0, 0
-        return {"train_loss": snap.loss_sum / max(1, snap.finite), "lr": lr,
-                "images_per_sec": (n - start) * global_batch / seconds}
+        return {"train_loss": snap.loss_sum / snap.finite if snap.finite else None, "lr": lr,
+                "images_per_sec": (n - start) * global_batch / seconds,
+                "epoch_skipped": p.skipped - skipped_at_start[1]}
+
+    def _check_skipped(self, steps: int, skipped: int, epoch: int) -> None:
+        """Stop a run that no longer learns: too many of a window's steps skipped."""
+        limit = self.cfg.train.max_skipped
+        if limit < 1.0 and skipped > limit * steps:
+            raise NonFiniteLoss(
+                f"{skipped} of the last {steps} steps (up to epoch {epoch + 1}) were skipped for a "
+                f"non-finite loss or gradient, more than train.max_skipped = {limit:g}: the run is not "
+                f"learning. Lower optim.lr or set optim.clip_grad.")
 
     def evaluate(self) -> dict:
         """Test loss and accuracy of the model (and the EMA), plain; keeps the results for the end."""
@@ -443,12 +556,12 @@ class Trainer:
             if self.info.is_primary:
                 append_jsonl(self.run_dir / "metrics.jsonl", record)
                 self._log(_epoch_line(record, epochs))
-            self.save_last()
-            if improved:
+            if improved:              # best.pt before last.pt: see "Consistency" in the module docstring
                 self.save_best()
+            self.save_last()
             if _any_rank(self.stop.is_set(), self.info) and epoch + 1 < epochs:
-                raise Interrupted(f"stopped by SIGTERM after epoch {epoch + 1}; "
-                                  f"{self.run_dir / 'last.pt'} written")
+                raise Interrupted(f"stopped by {self.stop.name} after epoch {epoch + 1}; "
+                                  f"{self.run_dir / 'last.pt'} written", self.stop.signum or signal.SIGTERM)
         return self.finish()
 
     def finish(self) -> dict:
@@ -472,16 +585,18 @@ class Trainer:
         summary["per_class_acc"] = final.per_class(CLASSES)
         if not self.info.is_primary:
             return summary
-        records = _read_jsonl(self.run_dir / "metrics.jsonl")
+        records = read_jsonl(self.run_dir / "metrics.jsonl")
         rates = [r["images_per_sec"] for r in records]
         summary.update(images_per_sec=statistics.median(rates) if rates else None,
                        device=device_name(self.info.device), world_size=self.info.world_size,
                        precision=self.precision.name, epochs=self.cfg.train.epochs,
                        wall_time_s=self.wall(), git_revision=git_revision(), torch=torch.__version__)
         write_json(self.run_dir / "summary.json", summary)
-        plot_curves(records, self.run_dir / "curves.png")
-        plot_confusion(final.confusion, CLASSES, self.run_dir / "confusion.png",
-                       f"{self.cfg.name or 'run'}: test accuracy {100 * final.acc:.2f}%")
+        with writing(self.run_dir / "curves.png"):
+            plot_curves(records, self.run_dir / "curves.png")
+        with writing(self.run_dir / "confusion.png"):
+            plot_confusion(final.confusion, CLASSES, self.run_dir / "confusion.png",
+                           f"{self.cfg.name or 'run'}: test accuracy {100 * final.acc:.2f}%")
         line = f"test accuracy {100 * final.acc:.2f}% (loss {final.loss:.4f})"
         if "test_acc_tta" in summary:
             line += f", with TTA ({summary['tta_views']} views) {100 * summary['test_acc_tta']:.2f}%"
@@ -494,33 +609,52 @@ class Trainer:
 def fit(cfg: Config, *, overwrite: bool = False, stop: StopSignal | None = None) -> dict:
     """Train ``cfg`` into ``cfg.out_dir/cfg.name`` (with torchrun: on every rank) and return the summary.
 
-    Raises :class:`ConfigError`, :class:`RunFolderError`, :class:`NonFiniteLoss`,
-    :class:`Interrupted` (SIGTERM, after saving ``last.pt``) or data errors; always destroys the
-    process group and restores the SIGTERM handler and the deterministic-algorithms setting.
+    Order: validate the config, the device, the data and the batch size, build the model; only then
+    open the run folder (rank 0: marker, lock, cleaning; see :class:`RunFolder`).  Raises
+    :class:`ConfigError`, :class:`RunFolderError`, :class:`CheckpointError`, :class:`NonFiniteLoss`,
+    :class:`RankFailure`, :class:`Interrupted` (SIGTERM/SIGINT, after saving ``last.pt``) or data
+    errors; always releases the run folder's lock, destroys the process group and restores the signal
+    handlers and the deterministic-algorithms setting.
     """
     cfg.validate()
+    if overwrite and cfg.train.resume != "no":
+        raise ConfigError(f"--overwrite and train.resume {cfg.train.resume!r} contradict each other: "
+                          f"--overwrite starts the run again, resume continues it; choose one")
     stop = stop or StopSignal()
     deterministic = (torch.are_deterministic_algorithms_enabled(),
                      torch.is_deterministic_algorithms_warn_only_enabled())
-    stop.install()
     all_ranks_here = False      # every rank reaches the end together: a barrier before teardown is safe
+    folder: RunFolder | None = None
     try:
-        info = init_distributed(cfg.train.device)
-        run_dir = Path(cfg.out_dir) / (cfg.name or "run")
-        resume_from = _prepare_run_dir(run_dir, cfg.train.resume, overwrite, info)
-        trainer = Trainer(cfg, info, run_dir, stop)
+        try:
+            info = init_distributed(cfg.train.device, cfg.train.dist_timeout_s)
+        except ValueError as e:
+            raise ConfigError(f"train.device: {e}") from None
+        trainer = Trainer(cfg, info, stop)
+        folder, resume_from = _open_run_folder(cfg, overwrite, info)
+        trainer.attach(Path(cfg.out_dir) / _run_name(cfg))
         if resume_from is not None:
-            trainer.load(resume_from)
+            trainer.load(Path(resume_from))
         elif info.is_primary:
-            cfg.save(run_dir / "config.yaml")
+            write_text(trainer.run_dir / "config.yaml", cfg.dump())
+        # Only now: during set-up there is nothing to save, and a SIGTERM must end a process that
+        # waits in a blocking call (a rendezvous), as torchrun expects when it stops a group.
+        stop.install()
         try:
             summary = trainer.fit()
         except Interrupted:
-            all_ranks_here = True   # SIGTERM: every rank stops at the same agreed step
+            all_ranks_here = True   # SIGTERM/SIGINT: every rank stops at the same agreed step
             raise
         all_ranks_here = True
         return summary
+    except RuntimeError as e:
+        failure = rank_failure(e, cfg.train.dist_timeout_s)
+        if failure is None:
+            raise
+        raise failure from None
     finally:
+        if folder is not None:
+            folder.close()
         stop.restore()
         torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
         cleanup(sync=all_ranks_here)
@@ -542,18 +676,26 @@ def set_backends(deterministic: bool, device: torch.device) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
-def _prepare_run_dir(run_dir: Path, resume: str, overwrite: bool, info: DistInfo) -> Path | None:
-    """Rank 0 decides (and creates or empties the folder); every rank gets the outcome or the error."""
-    outcome = None
+def _run_name(cfg: Config) -> str:
+    return cfg.name or "run"
+
+
+def _open_run_folder(cfg: Config, overwrite: bool, info: DistInfo) -> tuple[RunFolder | None, str | None]:
+    """Rank 0 opens (and locks) the folder and decides; every rank gets the checkpoint to resume
+    from, or the error.  Returns (the open folder on rank 0, else None; ``last.pt`` or None)."""
+    folder, outcome = None, None
     if info.is_primary:
         try:
-            outcome = ("ok", prepare_run_dir(run_dir, resume, overwrite))
-        except RunFolderError as e:
+            folder = RunFolder.open(cfg.out_dir, _run_name(cfg), cfg.train.resume, overwrite)
+            for line in folder.warnings:
+                tqdm.write(line)
+            outcome = ("ok", str(folder.resume_from) if folder.resume_from else None)
+        except (RunFolderError, CheckpointError) as e:
             outcome = ("error", str(e))
     kind, value = broadcast_object(outcome)
     if kind == "error":
         raise RunFolderError(value)
-    return value
+    return folder, value
 
 
 def _any_rank(flag: bool, info: DistInfo) -> bool:
@@ -561,7 +703,13 @@ def _any_rank(flag: bool, info: DistInfo) -> bool:
 
 
 def _epoch_line(r: dict, epochs: int) -> str:
-    line = f"epoch {r['epoch']:>3}/{epochs}  train loss {r['train_loss']:.4f}"
+    if r["train_loss"] is None:
+        train = f"train loss n/a (all {r['epoch_skipped']} steps skipped)"
+    else:
+        train = f"train loss {r['train_loss']:.4f}"
+        if r.get("epoch_skipped"):
+            train += f" ({r['epoch_skipped']} steps skipped)"
+    line = f"epoch {r['epoch']:>3}/{epochs}  {train}"
     if "test_acc" in r:
         line += f"  test loss {r['test_loss']:.4f}  acc {100 * r['test_acc']:.2f}%"
     if "test_acc_ema" in r:
@@ -579,15 +727,13 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def _trim_metrics(path: Path, epochs_done: int, warn) -> None:
+    """Drop records of epochs after the checkpoint (written before a crash, redone on resume) and a
+    partial last line (a crash in the middle of an append)."""
     if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _trim_metrics(path: Path, epochs_done: int) -> None:
-    """Drop records of epochs after the checkpoint (written before a crash, redone on resume)."""
-    records = _read_jsonl(path)
+        return
+    records = read_jsonl(path, warn)
     kept = [r for r in records if r["epoch"] <= epochs_done]
-    if len(kept) != len(records):
-        path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    text = "".join(json.dumps(r) + "\n" for r in kept)
+    if text != path.read_text(errors="replace"):
+        write_text(path, text)

@@ -1,0 +1,207 @@
+"""Mistakes on the command line end in one ``error: ...`` line and exit status 2, never a traceback,
+and write nothing: scripts/evaluate.py, scripts/train.py's ``--model.pretrained``, and the benchmarks.
+
+Every case runs the script in a fresh process, exactly as a user types it.  The checkpoint comes from
+one tiny run (trained once for the module) that started from a ``--model.pretrained`` file which is
+deleted afterwards: evaluation must need the checkpoint alone.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_train import tiny_config
+
+from fastfm.config import Config
+from fastfm.engine.train import fit
+from fastfm.models import create_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(script: str, *args, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, script, *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def assert_error(r: subprocess.CompletedProcess, *named: str, only_line: bool = True) -> str:
+    """Exit status 2 and one ``error: ...`` line naming everything in ``named``; no traceback.
+    ``only_line``: that line is all of stderr."""
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, r.stderr
+    if only_line:
+        assert r.stderr.strip() == errors[0], r.stderr
+    for name in named:
+        assert str(name) in errors[0], (name, errors[0])
+    return errors[0]
+
+
+class Foo:
+    """Anything that is not plain weights."""
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_root) -> Path:
+    """best.pt of a one-epoch WRN-10-1 run started from a pretrained file that no longer exists."""
+    tmp = tmp_path_factory.mktemp("cli_errors")
+    start = tmp / "start.pt"
+    torch.save(create_model(tiny_config(tmp, data_root)).state_dict(), start)
+    fit(tiny_config(tmp, data_root, train={"epochs": 1}, model={"pretrained": str(start)},
+                    data={"train_limit": 256, "test_limit": 200}))
+    start.unlink()
+    return tmp / "tiny" / "best.pt"
+
+
+def edited(src: Path, dst: Path, edit) -> Path:
+    """A copy of the checkpoint ``src`` at ``dst``, changed by ``edit(state)``."""
+    state = torch.load(src, map_location="cpu", weights_only=True)
+    edit(state)
+    torch.save(state, dst)
+    return dst
+
+
+def used_weights(state: dict) -> dict:
+    """The state dict evaluate.py's ``--weights auto`` evaluates."""
+    return state["ema"] if state.get("ema") is not None else state["model"]
+
+
+# ----------------------------------------------------------------------------- evaluate.py
+
+
+def test_evaluate_needs_only_the_checkpoint(trained, tmp_path):
+    state = torch.load(trained, map_location="cpu", weights_only=True)
+    gone = Path(state["config"]["model"]["pretrained"])
+    assert gone.name == "start.pt" and not gone.exists()
+    out = tmp_path / "res.json"
+    r = run("scripts/evaluate.py", "--ckpt", trained, "--batch-size", 64, "--json", out)
+    assert r.returncode == 0, r.stderr
+    assert "accuracy" in r.stdout and json.loads(out.read_text())["test_acc"] > 0
+
+
+def test_evaluate_refuses_nonfinite_weights(trained, tmp_path):
+    def poison(state):
+        used_weights(state)["fc.weight"][0, 0] = float("nan")
+
+    bad = edited(trained, tmp_path / "nan.pt", poison)
+    out = tmp_path / "res.json"
+    r = run("scripts/evaluate.py", "--ckpt", bad, "--json", out)
+    assert_error(r, bad, "NaN or inf", "fc.weight")
+    assert "accuracy" not in r.stdout and not out.exists()
+
+
+@pytest.mark.parametrize("name, edit, message", [
+    ("dropped_key", lambda s: used_weights(s).pop("fc.bias"), "fc.bias"),
+    ("reshaped", lambda s: used_weights(s).__setitem__("fc.weight", torch.zeros(10, 7)), "fc.weight (10, 7)"),
+    ("other_model", lambda s: s["config"]["model"].__setitem__("width", 2), "do not fit"),
+    ("no_model", lambda s: (s.pop("model"), s.pop("ema")), "holds no 'model' weights"),
+    ("no_norm", lambda s: s.pop("norm"), "'norm'"),
+    ("bad_config", lambda s: s["config"]["model"].__setitem__("depth", 11), "model.depth"),
+    ("no_config", lambda s: s.pop("config"), "not a fastfm checkpoint"),
+])
+def test_evaluate_refuses_a_foreign_or_incomplete_checkpoint(trained, tmp_path, name, edit, message):
+    bad = edited(trained, tmp_path / f"{name}.pt", edit)
+    out = tmp_path / "res.json"
+    r = run("scripts/evaluate.py", "--ckpt", bad, "--json", out)
+    assert_error(r, bad, message)
+    assert r.stdout == "" and not out.exists()
+
+
+@pytest.mark.parametrize("args, option", [
+    (["--batch-size", "0"], "--batch-size"),
+    (["--batch-size", "-5"], "--batch-size"),
+    (["--device", "tpu"], "--device"),
+])
+def test_evaluate_bad_option_is_named(trained, tmp_path, args, option):
+    out = tmp_path / "res.json"
+    r = run("scripts/evaluate.py", "--ckpt", trained, *args, "--json", out)
+    assert_error(r, option)
+    assert r.stdout == "" and not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present")
+def test_evaluate_cuda_without_cuda(trained):
+    assert_error(run("scripts/evaluate.py", "--ckpt", trained, "--device", "cuda"), "--device", "CUDA")
+
+
+@pytest.mark.parametrize("where", ["missing_folder", "under_a_file", "a_folder"])
+def test_evaluate_unwritable_json_fails_before_anything_is_read(trained, tmp_path, where):
+    """--data-root points nowhere: the --json error (not the data error) proves the order."""
+    path = {"missing_folder": tmp_path / "nope" / "res.json", "under_a_file": trained / "res.json",
+            "a_folder": tmp_path}[where]
+    r = run("scripts/evaluate.py", "--ckpt", trained, "--data-root", tmp_path / "no_data", "--json", path)
+    assert_error(r, "--json", path)
+    assert r.stdout == "" and not (tmp_path / "nope").exists()
+
+
+# ----------------------------------------------------------------------------- train.py --model.pretrained
+
+
+def _bad_pretrained(tmp_path: Path, kind: str) -> Path:
+    path = tmp_path / f"{kind}.pt"
+    if kind == "pickled_object":
+        with open(path, "wb") as f:
+            pickle.dump(Foo(), f)
+    elif kind == "torch_saved_list":
+        torch.save([torch.zeros(3)], path)
+    elif kind == "other_architecture":          # configs/cpu.yaml trains a WRN-10-1
+        torch.save(create_model(Config.from_dict({"model": {"depth": 16, "width": 1}})).state_dict(), path)
+    return path
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("pickled_object", "not a plain weights file"),
+    ("torch_saved_list", "holds a list"),
+    ("other_architecture", "does not fit wrn-10-1"),
+])
+def test_train_refuses_bad_pretrained_file(tmp_path, data_root, kind, message):
+    bad = _bad_pretrained(tmp_path, kind)
+    out = tmp_path / "runs"
+    r = run("scripts/train.py", "--config", "configs/cpu.yaml", "--model.pretrained", bad,
+            "--data.root", data_root, "--data.train_limit", 256, "--data.test_limit", 100, "--epochs", 1,
+            "--out_dir", out, "--name", "x", "--train.progress", "false")
+    assert_error(r, "model.pretrained", bad, message, only_line=False)
+    assert not (out / "x").exists()
+
+
+# ----------------------------------------------------------------------------- benchmarks
+
+
+@pytest.mark.parametrize("script, option", [
+    ("benchmarks/aug_cost.py", "--json"),
+    ("benchmarks/throughput.py", "--json"),
+    ("benchmarks/throughput.py", "--plot"),
+    ("benchmarks/throughput.py", "--trace"),
+])
+def test_benchmark_unwritable_output_fails_before_measuring(tmp_path, script, option):
+    """Default settings (minutes of measuring on a CPU): an empty stdout within the timeout shows
+    that nothing was measured (the table is printed before any file is written)."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    r = run(script, "--device", "cpu", option, blocker / "sub" / "out", timeout=60)
+    assert_error(r, option, blocker)
+    assert r.stdout == "" and blocker.read_text() == ""
+
+
+@pytest.mark.parametrize("script, args, option", [
+    ("benchmarks/aug_cost.py", ["--repeats", "0"], "--repeats"),
+    ("benchmarks/aug_cost.py", ["--iters", "0"], "--iters"),
+    ("benchmarks/aug_cost.py", ["--device", "tpu"], "--device"),
+    ("benchmarks/aug_cost.py", ["--batch-size", "0"], "--batch-size"),
+    ("benchmarks/throughput.py", ["--repeats", "0"], "--repeats"),
+    ("benchmarks/throughput.py", ["--batch-size", "0"], "--batch-size"),
+    ("benchmarks/throughput.py", ["--trace-steps", "0"], "--trace-steps"),
+    ("benchmarks/throughput.py", ["--device", "tpu"], "--device"),
+])
+def test_benchmark_bad_count_or_device_is_named(tmp_path, script, args, option):
+    out = tmp_path / "out.json"
+    r = run(script, "--device", "cpu", *args, "--json", out, timeout=60)
+    assert_error(r, option)
+    assert r.stdout == "" and not out.exists()
