@@ -4,12 +4,13 @@
                                   [--batch-size 512] [--json F]
 
 Prints a markdown table: ms per batch of each op (cumulative ladder in the documented op order, see
-fastfm/augment/cost.py), its share of the whole stack, and images/sec of each backend's stack and of
-the ``seed`` row (the original report's per-sample PIL pipeline, one process, CPU).  Figures are
-medians of repeated runs after warm-up, device-synchronised.  A backend whose dependency is missing is
-reported as missing, not silently dropped.  Bad options (counts below 1, an unknown or absent
-device, a --json file that cannot be written) give ``error: ...`` and exit status 2 before anything
-is measured.
+fastfm/bench/aug_cost.py), its share of the whole stack, and images/sec of each backend's stack and
+of the ``baseline`` row (the original report's per-sample PIL pipeline, one process, CPU).  Figures
+are medians of repeated runs after warm-up, device-synchronised.  A backend whose dependency is
+missing is reported as missing in its row, not silently dropped; one that fails is reported as failed
+there (traceback on stderr), the other backends are still measured, and the exit status is 1.  Bad
+options (counts below 1, an unknown or absent device, a --json file that cannot be written) give
+``error: ...`` and exit status 2 before anything is measured.
 """
 
 from __future__ import annotations
@@ -20,22 +21,25 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from fastfm.augment.config import BACKENDS  # noqa: E402
+
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    p.add_argument("--backends", nargs="+", default=["native", "kornia", "dali"],
-                   choices=["native", "kornia", "dali"])
+    p.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--data", default="data", help="dataset root (synthetic images if absent)")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per row (median reported)")
     p.add_argument("--iters", type=int, default=None, help="batches per timed run (default: 10)")
-    p.add_argument("--no-seed", action="store_true", help="skip the original-pipeline row")
+    p.add_argument("--no-baseline", action="store_true", help="skip the baseline row (the original pipeline)")
     p.add_argument("--json", type=Path, help="also write rows and environment to this JSON file")
     args = p.parse_args(argv)
 
-    from fastfm.augment.cost import aug_cost_report
-    from fastfm.bench import check_writable, parse_device, write_report_json
+    from fastfm.bench.aug_cost import aug_cost_report
+    from fastfm.bench.report import failed, write_report_json
+    from fastfm.distributed import parse_device
+    from fastfm.files import check_writable
 
     try:
         for name, value in (("--repeats", args.repeats), ("--iters", args.iters)):
@@ -46,15 +50,16 @@ def main(argv=None) -> int:
             check_writable(args.json, "--json")
         report = aug_cost_report(device=args.device, backends=args.backends,
                                  batch_size=args.batch_size, data_root=args.data,
-                                 repeats=args.repeats, iters=args.iters, include_seed=not args.no_seed)
-    except ValueError as exc:
+                                 repeats=args.repeats, iters=args.iters,
+                                 include_baseline=not args.no_baseline)
+    except ValueError as exc:   # ConfigError, DeviceError, OutputPathError: a bad option, named
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(report["markdown"])
     if args.json:
         write_report_json(report, args.json)
         print(f"\nwrote {args.json}")
-    return 0
+    return 1 if failed(report["rows"]) else 0
 
 
 if __name__ == "__main__":

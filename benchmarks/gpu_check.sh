@@ -13,9 +13,10 @@
 #   env         nvidia-smi, versions, which optional backends import
 #   data        Fashion-MNIST readable under ./data
 #   pytest      pytest -m gpu (tests needing the data must not skip: FASTFM_REQUIRE_DATA=1)
-#   throughput  benchmarks/throughput.py, every backend (a missing one is reported as missing), with
+#   throughput  benchmarks/throughput.py, every backend (a missing one is reported as missing; one that
+#               raises is reported in its rows and fails the stage, the others still measured), with
 #               --json, --plot and --trace
-#   aug_cost    benchmarks/aug_cost.py --device cuda --json
+#   aug_cost    benchmarks/aug_cost.py --device cuda --json (missing or failing backends: the same)
 #   train       scripts/train.py --config configs/fast.yaml, capped by the time left (at most 240 s);
 #               hitting the cap stops it with SIGTERM (the trainer saves last.pt) and counts as
 #               "capped", not failed; curves.png is drawn from metrics.jsonl when the run did not end

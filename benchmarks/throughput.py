@@ -5,15 +5,17 @@
         [--batch-size N] [--precision auto|fp32|bf16|fp16] [--[no-]channels-last] [--[no-]compile]
         [--workers N] [--json F] [--plot F.png] [--trace DIR]
 
-Rows (fastfm/throughput.py says exactly what each times): ``aug`` each backend's whole augmentation
-stack (and ``seed``, the original per-sample pipeline's); ``step`` forward + backward + optimizer on
-synthetic input; ``full`` resident data -> augmentation -> step per backend, the trainer's own
-objects; ``baseline`` the original report's DataLoader pipeline feeding the same model (fp32, NCHW,
-batch 128); and the GTX 1060 6GB ceiling, computed from FLOPs, not measured.  On CUDA the defaults
-are WRN-40-4 at batch 512; on a CPU a smaller model, batch and run count (the output says which).
-Prints a markdown table; --json adds device, versions, git revision and every row's configuration.
-A backend whose dependency is missing is reported as missing.  Bad options: ``error: ...``, exit 2,
-before anything is measured (output paths included: --json, --plot, --trace).
+Rows (fastfm/bench/throughput.py says exactly what each times): ``aug`` each backend's whole
+augmentation stack (and the baseline's, the original per-sample pipeline); ``step`` forward +
+backward + optimizer on synthetic input; ``full`` resident data -> augmentation -> step per backend,
+the engine's own hot path; ``baseline`` the original report's DataLoader pipeline feeding the same
+model (fp32, NCHW, batch 128); and the GTX 1060 6GB ceiling, computed from FLOPs, not measured.  On
+CUDA the defaults are WRN-40-4 at batch 512; on a CPU a smaller model, batch and run count (the
+output says which).  Prints a markdown table; --json adds device, versions, git revision and every
+row's configuration.  A backend whose dependency is missing is reported as missing in its rows; one
+that fails is reported as failed there (traceback on stderr), the other rows are still measured, and
+the exit status is 1.  Bad options: ``error: ...``, exit 2, before anything is measured (output paths
+included: --json, --plot, --trace).
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fastfm.augment.config import BACKENDS  # noqa: E402
-from fastfm.bench import check_writable, parse_device, write_report_json  # noqa: E402
-from fastfm.throughput import MODES, resolve_settings, throughput_report, write_plot  # noqa: E402
+from fastfm.bench.report import failed, write_plot, write_report_json  # noqa: E402
+from fastfm.bench.throughput import MODES, resolve_settings, throughput_report  # noqa: E402
+from fastfm.distributed import parse_device  # noqa: E402
+from fastfm.files import check_writable  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -48,9 +52,8 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, help="baseline DataLoader workers (default: min(4, CPUs))")
     p.add_argument("--baseline-batch", type=int, default=128, help="baseline batch (the report's 128)")
     p.add_argument("--warmup", type=int, help="untimed calls per row (default: 5 on CUDA, 1 on CPU)")
-    p.add_argument("--iters", type=int, help="batches per timed run (default: 20 on CUDA, 1 on CPU)")
-    p.add_argument("--repeats", type=int, help="timed runs per row, median reported (default: 5 on "
-                   "CUDA, 3 on CPU)")
+    p.add_argument("--iters", type=int, help="batches per timed run (default: 20 on CUDA, 2 on CPU)")
+    p.add_argument("--repeats", type=int, help="timed runs per row, median reported (default: 5)")
     p.add_argument("--data", default="data", help="dataset root (synthetic images if absent)")
     p.add_argument("--json", type=Path, help="write environment, settings and rows to this JSON file")
     p.add_argument("--plot", type=Path, help="write a bar chart of images/sec (PNG, log scale)")
@@ -78,7 +81,7 @@ def main(argv=None) -> int:
             warmup=args.warmup, iters=args.iters, repeats=args.repeats,
             baseline_batch=args.baseline_batch, data_root=args.data)
         report = throughput_report(settings, trace_dir=args.trace, trace_steps=args.trace_steps)
-    except ValueError as exc:           # ConfigError included: unknown model, bad value, no CUDA
+    except ValueError as exc:   # ConfigError, DeviceError, OutputPathError: unknown model, bad value, no CUDA
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(report["markdown"])
@@ -88,7 +91,7 @@ def main(argv=None) -> int:
     if args.plot:
         write_plot(report, args.plot)
         print(f"wrote {args.plot}")
-    return 0
+    return 1 if failed(report["rows"]) else 0
 
 
 if __name__ == "__main__":

@@ -30,7 +30,9 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "ranger")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 RESUME = ("no", "yes", "auto")
 ON_NONFINITE = ("stop", "skip")
-PRESETS = Path(__file__).resolve().parents[1] / "configs"
+# The presets ship inside the package (package data), so an installed fastfm finds them too; the
+# checkout's top-level configs/ is a link to this folder.
+PRESETS = Path(__file__).resolve().parent / "configs"
 
 
 class ConfigError(ValueError):
@@ -284,7 +286,7 @@ class Config:
         d = {}
         if path is not None:
             d = read_yaml(path)
-            d.setdefault("name", Path(path).stem)
+            d.setdefault("name", resolve_config_path(path).stem)
         for key, value in parse_overrides(overrides):
             if key == "name" and value == "":
                 raise ConfigError("name: must not be empty (leave --name out for the preset's name)")
@@ -298,12 +300,26 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS.glob("*.yaml"))
+
+
+def resolve_config_path(name: str | Path) -> Path:
+    """``--config`` as a file: an existing path, else a preset by name (``fast`` or ``fast.yaml``)."""
+    path = Path(name)
+    if path.exists() or path.parent != Path("."):
+        return path
+    preset = PRESETS / (path.name if path.suffix == ".yaml" else f"{path.name}.yaml")
+    return preset if preset.is_file() else path
+
+
 def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
+    path = resolve_config_path(path)
     try:
         d = yaml.load(path.read_text(encoding="utf-8"), Loader=_Yaml12Loader)
     except FileNotFoundError:
-        raise ConfigError(f"config file {path}: not found") from None
+        raise ConfigError(f"config file {path}: not found (a preset name is one of "
+                          f"{', '.join(preset_names())})") from None
     except IsADirectoryError:
         raise ConfigError(f"config file {path}: is a folder, not a YAML file") from None
     except UnicodeDecodeError:
@@ -519,5 +535,6 @@ def arg_parser(description: str) -> argparse.ArgumentParser:
         epilog="config keys (override any with --section.key VALUE; a bare --key when unambiguous):\n"
                + keys_help())
     parser.add_argument("--config", metavar="FILE",
-                        help="YAML preset (default: configs/fast.yaml with CUDA, configs/cpu.yaml without)")
+                        help=f"YAML file, or a preset by name ({', '.join(preset_names())}; default: fast "
+                             f"with CUDA, cpu without)")
     return parser

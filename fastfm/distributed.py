@@ -48,6 +48,10 @@ def resolve_device(name: str = "auto") -> torch.device:
     return dev
 
 
+class DeviceError(ValueError):
+    """A device name that is not valid, or a device this machine does not have."""
+
+
 class RankFailure(RuntimeError):
     """A collective failed because another rank is stuck (timeout) or gone (connection lost)."""
 
@@ -74,6 +78,25 @@ def rank_failure(e: BaseException, timeout_s: float) -> RankFailure | None:
         why = "another rank is gone (it crashed or was killed)"
     return RankFailure(f"{why} ({first}); with torchrun --max-restarts and --train.resume auto the "
                        f"group restarts from last.pt")
+
+
+def parse_device(name: str, option: str = "--device") -> torch.device:
+    """``name`` (auto, cpu, cuda or cuda:N) as a device, ``auto`` meaning CUDA when present.
+
+    Raises :class:`DeviceError` naming ``option`` for any other name, and for a CUDA device this
+    machine does not have.
+    """
+    kind, colon, index = name.partition(":")
+    if name != "auto" and not (name == "cpu" or (kind == "cuda" and (not colon or index.isdigit()))):
+        raise DeviceError(f"{option}: {name!r} is not auto, cpu, cuda or cuda:N")
+    try:
+        device = resolve_device(name)
+    except ValueError as e:
+        raise DeviceError(f"{option}: {e}") from None
+    count = torch.cuda.device_count() if device.type == "cuda" else 0
+    if device.type == "cuda" and device.index is not None and device.index >= count:
+        raise DeviceError(f"{option}: {name!r}, but this machine has {count} CUDA device(s)")
+    return device
 
 
 def init_distributed(device: str = "auto", timeout_s: float = 300.0) -> DistInfo:

@@ -27,10 +27,10 @@ except ImportError:
     # Run from a checkout without installing: make the repository root importable.
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fastfm.bench import check_writable  # noqa: E402
+from fastfm.cli import run_script  # noqa: E402
 from fastfm.distributed import cleanup  # noqa: E402
 from fastfm.engine.evaluate import evaluate_checkpoint  # noqa: E402
-from fastfm.engine.train import USER_ERRORS, error_line  # noqa: E402
+from fastfm.files import OutputPathError, check_writable  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,15 +50,11 @@ def main(argv: list[str] | None = None) -> int:
             check_writable(args.json, "--json", create_parents=False)
         res = evaluate_checkpoint(args.ckpt, tta=args.tta, weights=args.weights, device=args.device,
                                   data_root=args.data_root, batch_size=args.batch_size)
-    except USER_ERRORS as e:
-        print(error_line(e), file=sys.stderr)
+    except BaseException:
         # No barrier on the way out (a peer may have failed too and would never arrive), and a
-        # failing teardown must not add a traceback to the error already reported.
+        # failing teardown must not add a traceback to the error reported by run_script.
         with contextlib.suppress(Exception):
             cleanup(sync=False)
-        return 2
-    except BaseException:
-        cleanup(sync=False)
         raise
     cleanup()
     if not primary:
@@ -74,10 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
         except OSError as e:        # the folder went away while evaluating
-            print(f"error: --json: cannot write {args.json}: {e.strerror}", file=sys.stderr)
-            return 2
+            raise OutputPathError(f"--json: cannot write {args.json}: {e.strerror}") from None
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

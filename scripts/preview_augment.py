@@ -35,17 +35,17 @@ def main(argv=None) -> int:
 
     from fastfm.augment.preview import preview
     from fastfm.config import Config, ConfigError
-    from fastfm.data.idx import DataError
 
+    if any(tok.startswith("--") and not tok.startswith("--aug.") for tok in overrides):
+        raise ConfigError(f"only --aug.KEY overrides are accepted here, got {overrides}")
+    aug = Config.load(args.config, overrides).aug
     try:
-        if any(tok.startswith("--") and not tok.startswith("--aug.") for tok in overrides):
-            raise ConfigError(f"only --aug.KEY overrides are accepted here, got {overrides}")
-        aug = Config.load(args.config, overrides).aug
         status = preview(args.out, backends=args.backend, data_root=args.data, n=args.n,
                          rows=args.rows, seed=args.seed, device=args.device, aug=aug)
-    except (ValueError, DataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except ValueError as e:         # preview's ValueErrors name the option at fault
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(str(e)) from None
     for name, s in status.items():
         print(f"{name}: {s}")
     print(f"wrote {args.out}")
@@ -53,4 +53,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from fastfm.cli import run_script
+
+    sys.exit(run_script(main))

@@ -44,8 +44,8 @@ except ImportError:
     # Run from a checkout without installing: make the repository root importable.
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from fastfm.cli import run_script  # noqa: E402
 from fastfm.config import Config, arg_parser, default_preset  # noqa: E402
-from fastfm.engine.train import RUN_FAILURES, USER_ERRORS, Interrupted, error_line, fit  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,28 +56,18 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides = parser.parse_known_args(argv)
     if args.resume:
         overrides += ["--train.resume", "yes"]
-    try:
-        if args.config is None:
-            args.config = default_preset()
-            if os.environ.get("RANK", "0") == "0":
-                why = "CUDA is available" if args.config.stem == "fast" else "no CUDA device"
-                print(f"no --config given: using configs/{args.config.name} ({why})", flush=True)
-        fit(Config.load(args.config, overrides), overwrite=args.overwrite)
-    except USER_ERRORS as e:
-        print(error_line(e), file=sys.stderr)
-        return 2
-    except RUN_FAILURES as e:
-        print(error_line(e), file=sys.stderr)
-        return 1
-    except Interrupted as e:
-        print(f"{e}; rerun with --resume (or --train.resume auto) to continue", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("\ninterrupted: stopped at once, without saving (last.pt, if any, is the previous one)",
-              file=sys.stderr)
-        return 130
+    cfg = Config.load(args.config, overrides) if args.config else None
+    if cfg is None:
+        args.config = default_preset()
+        if os.environ.get("RANK", "0") == "0":
+            why = "CUDA is available" if args.config.stem == "fast" else "no CUDA device"
+            print(f"no --config given: using the {args.config.stem} preset ({why})", flush=True)
+        cfg = Config.load(args.config, overrides)
+    # Imported after the config is read: a mistyped option is reported without loading torch.
+    from fastfm.engine.run import train
+
+    train(cfg, overwrite=args.overwrite)
     return 0
 
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -2,8 +2,9 @@
 
 The AutoAugment policy built for DALI (torchvision's tables and magnitudes, op by op against
 torchvision), pipeline reuse for partial batches and rebuilds for larger ones, resume across both,
-flip/erasing on the default geometry, and the error when DALI is not importable.  A ``gpu`` test
-checks the CUDA path (external source on the GPU) where a GPU is present.
+flip/erasing on the default geometry, erasing as the shared draw after the pipeline, and the error
+when DALI is not importable.  A ``gpu`` test checks the CUDA path (external source on the GPU)
+where a GPU is present.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from torchvision.transforms import AutoAugment, AutoAugmentPolicy, Interpolation
 
 from fastfm.augment import AugConfig, BackendUnavailable, create_augmenter  # noqa: E402
 from fastfm.augment import dali_backend as db  # noqa: E402
-from fastfm.augment.base import normalise, resize_bilinear  # noqa: E402
+from fastfm.augment.base import derive_seed, normalise, resize_bilinear  # noqa: E402
+from fastfm.augment.erasing import draw_erasing_boxes, erase  # noqa: E402
 
 MEAN, STD = 0.2860, 0.3530
 NEAREST = InterpolationMode.NEAREST
@@ -225,6 +227,22 @@ def test_erasing_after_crop(real_images):
     assert ((h < 32) & (w < 32)).all()
     assert ((h + 0.5) * (w + 0.5) >= 0.02 * 1024).all() and ((h - 0.5) * (w - 0.5) <= 0.33 * 1024).all()
     assert ((h + 0.5) / (w - 0.5) >= 0.3).all() and ((h - 0.5) / (w + 0.5) <= 3.3).all()
+
+
+def test_erasing_is_the_shared_draw(real_images):
+    """Erasing runs in torch after the pipeline: the boxes are the shared draw from the per-batch
+    generator seeded from (seed, batch index), on the pipeline's (normalised) output."""
+    images, labels = real_images[0][:256], real_images[1][:256]
+    cfg = AugConfig.off(resize=0, crop=0, erasing_p=0.5, erasing_value=5.0)
+    aug = make(cfg, seed=6)
+    ref = normalise(images, MEAN, STD)
+    for index in range(2):
+        x, _ = aug(images, labels)
+        g = torch.Generator().manual_seed(derive_seed(6, 0x313C, index))
+        boxes = draw_erasing_boxes(cfg, 256, 28, 28, g, "cpu")
+        want = erase(ref, boxes, 5.0)
+        torch.testing.assert_close(x, want, atol=1e-5, rtol=0)
+        assert torch.equal(x == 5.0, want == 5.0)
 
 
 def test_full_recipe_output(real_images):

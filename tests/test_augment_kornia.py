@@ -1,8 +1,9 @@
 """Kornia backend specifics (the shared contract is in test_augment_contract.py).
 
 Per-sample AutoAugment (grouping by sub-policy and scattering back), isolation of torch's global RNG
-(Kornia draws from it), independence from the caller's seeding, the erasing parameters, the
-parameter-draw profiler, and the error when Kornia is not importable.  All on CPU.
+(Kornia draws from it), independence from the caller's seeding, the erasing parameters (the shared
+draw), and the error when Kornia is not importable.  The profiler ranges (``aug.params`` for
+Kornia's parameter draws) are checked for every backend in test_augment_contract.py.  All on CPU.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import torch
 pytest.importorskip("kornia")
 
 from fastfm.augment import AugConfig, BackendUnavailable, create_augmenter  # noqa: E402
+from fastfm.augment.base import derive_seed, normalise  # noqa: E402
+from fastfm.augment.erasing import draw_erasing_boxes, erase  # noqa: E402
 from fastfm.augment.kornia_backend import KorniaAugmenter, PerSampleAutoAugment  # noqa: E402
 
 MEAN, STD = 0.2860, 0.3530
@@ -107,41 +110,23 @@ def test_stream_independent_of_caller_seed(real_images):
     assert torch.equal(xa, xb) and torch.equal(ya, yb)
 
 
-def test_erasing_params_follow_torchvision():
-    """Vectorised get_params: boxes fit strictly, sizes from the scale/ratio ranges (up to
-    rounding), positions cover every valid offset, and a box that can never fit is never used."""
-    aug = make(AugConfig.off(resize=0, crop=0, erasing_p=1.0))
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        p = aug._erase_params((20000, 1, 28, 28))
-    h, w, ys, xs = p["heights"], p["widths"], p["ys"], p["xs"]
-    assert p["batch_prob"].min() == 1.0
-    assert (h < 28).all() and (w < 28).all() and (h >= 1).all() and (w >= 1).all()
-    assert ((h + 0.5) * (w + 0.5) >= 0.02 * 784).all() and ((h - 0.5) * (w - 0.5) <= 0.33 * 784).all()
-    assert abs(torch.log(h / w).mean().item()) < 0.05          # log-uniform ratio: centred
-    assert (ys >= 0).all() and (ys + h <= 28).all() and (xs >= 0).all() and (xs + w <= 28).all()
-    assert ys.min() == 0 and (ys + h).max() == 28
-    # a scale whose boxes never fit: no erasing at all (torchvision gives up after 10 tries)
-    big = make(AugConfig.off(resize=0, crop=0, erasing_p=1.0, erasing_scale=(0.95, 0.99),
-                             erasing_ratio=(2.0, 3.0)))
-    assert big._erase_params((500, 1, 28, 28))["batch_prob"].max() == 0.0
-
-
-def test_param_profile(real_images):
-    """The profiler separates Kornia's CPU-side parameter draws from the whole call."""
-    import time
-
+def test_erasing_is_the_shared_draw(real_images):
+    """Erasing only: the boxes are the shared draw (fastfm.augment.erasing) from torch's global CPU
+    generator as the augmenter forks and seeds it for the batch (nothing else draws before it), and
+    K.RandomErasing fills exactly those boxes; samples the draw does not erase get a 0 x 0 box."""
     images, labels = real_images[0][:512], real_images[1][:512]
-    aug = make()
-    aug(images, labels)
-    aug.profile = True
-    aug.reset_profile()
-    start = time.perf_counter()
-    aug(images, labels)
-    total = time.perf_counter() - start
-    assert 0.0 < aug.param_seconds < total
-    print(f"\nkornia: parameter draws {aug.param_seconds * 1e3:.2f} ms of {total * 1e3:.1f} ms per "
-          f"batch of 512")
+    cfg = AugConfig.off(resize=0, crop=0, erasing_p=0.5, erasing_value=5.0)
+    aug = make(cfg, seed=4)
+    x, _ = aug(images, labels)
+    g = torch.Generator().manual_seed(derive_seed(4, 0xC0A1, 0))
+    boxes = draw_erasing_boxes(cfg, 512, 28, 28, g, "cpu")
+    assert torch.equal(x, erase(normalise(images, MEAN, STD), boxes, 5.0))
+    assert 0.4 < boxes[0].float().mean() < 0.6
+    with torch.random.fork_rng():
+        torch.manual_seed(derive_seed(4, 0xC0A1, 0))
+        p = aug._erase_params((512, 1, 28, 28))
+    assert (p["batch_prob"] == 1).all()
+    assert torch.equal(p["heights"] > 0, boxes[0]) and torch.equal(p["widths"] > 0, boxes[0])
 
 
 def test_missing_kornia_is_a_clear_error(monkeypatch):

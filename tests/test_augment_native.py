@@ -14,6 +14,7 @@ import torch
 from fastfm.augment import AugConfig, create_augmenter
 from fastfm.augment.autoaugment import BatchAutoAugment
 from fastfm.augment.base import Augmenter, normalise, resize_bilinear
+from fastfm.augment.erasing import draw_erasing_boxes, erase
 from fastfm.augment.native import NativeAugmenter
 
 MEAN, STD = 0.2860, 0.3530
@@ -105,7 +106,7 @@ def test_state_is_the_whole_stream(batch):
     a = make(seed=1)
     a(images, labels)
     state = a.state_dict()
-    assert set(state) == {"generator"} and state["generator"].dtype == torch.uint8
+    assert set(state) == {"backend", "generator"} and state["generator"].dtype == torch.uint8
     x1, y1 = a(images, labels)
     b = make(seed=2)
     b.load_state_dict(state)
@@ -147,8 +148,18 @@ def test_small_and_odd_batches(real_images, b):
     torch.testing.assert_close(y.sum(1), torch.ones(b), atol=1e-6, rtol=0)
 
 
-def test_eval_is_the_shared_one():
-    assert NativeAugmenter.eval is Augmenter.eval
+def test_test_transform_is_the_shared_one():
+    assert NativeAugmenter.test_transform is Augmenter.test_transform
+
+
+def test_erasing_is_the_shared_draw(batch):
+    """Erasing only: the output is the reference with the boxes of the shared draw, from the
+    augmenter's generator (nothing else draws before it)."""
+    images, labels = batch
+    cfg = AugConfig.off(resize=0, crop=0, erasing_p=0.5, erasing_value=5.0)
+    x, _ = make(cfg, seed=9)(images, labels)
+    boxes = draw_erasing_boxes(cfg, len(images), 28, 28, torch.Generator().manual_seed(9), "cpu")
+    assert torch.equal(x, erase(normalise(images, MEAN, STD), boxes, 5.0))
 
 
 def test_every_policy_runs(batch):

@@ -16,8 +16,7 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import AutoAugment as AutoAugmentV1
-from torchvision.transforms import AutoAugmentPolicy, InterpolationMode
-from torchvision.transforms import v2
+from torchvision.transforms import AutoAugmentPolicy, InterpolationMode, v2
 
 import fastfm.augment.autoaugment as A
 

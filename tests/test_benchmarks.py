@@ -1,15 +1,18 @@
-"""The benchmarks on CPU, in tiny settings: ``benchmarks/throughput.py`` (engine: fastfm/throughput.py),
-``benchmarks/aug_cost.py`` (engine: fastfm/augment/cost.py) and ``benchmarks/gpu_check.sh``.
+"""The benchmarks on CPU, in tiny settings: ``benchmarks/throughput.py`` and ``benchmarks/aug_cost.py``
+(engines in ``fastfm/bench/``) and ``benchmarks/gpu_check.sh``.
 
-Figures here are meaningless (a WRN-10-1 at batch 8, one timed batch); what is checked is that every
-row is present and sane, that the JSON carries what a results file must, that the GTX 1060 row is
-flagged as computed, that missing backends are reported, that the trace holds the named ranges, and
-that bad options give ``error: ...`` without a traceback.  Real data is used when prepared; the
-benchmarks fall back to synthetic images otherwise, so nothing here skips.
+Figures here are meaningless (a WRN-10-1 at batch 8, one timed batch); what is checked is what can
+break: every row is present, in the one row format, and named as documented (``baseline``, never
+``seed``); the op ladder covers every op of the configuration, one op per rung; the full rows run
+the engine's own hot path and the trace leaves it as it was; a missing or failing backend is
+reported in its own rows while the others are measured; the JSON carries the environment from
+``fastfm.runinfo``; bad options give ``error: ...`` without a traceback.  Real data is used when
+prepared; the benchmarks fall back to synthetic images otherwise, so nothing here skips.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -21,14 +24,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastfm.perf import gtx1060_ceiling_images_per_sec
-from fastfm.throughput import (NATIVE_OP_RANGES, STEP_RANGES, FullIteration, ResidentData, build_single,
-                               profiler_ranges, resolve_settings, throughput_report)
+import fastfm.runinfo
+from fastfm.augment import AugConfig
+from fastfm.augment import create_augmenter as real_create_augmenter
+from fastfm.bench import aug_cost, hot_path
+from fastfm.bench.aug_cost import OPS, aug_cost_report, op_ladder
+from fastfm.bench.flops import gtx1060_ceiling_images_per_sec
+from fastfm.bench.hot_path import build_single, iteration_fn, native_config, with_backend
+from fastfm.bench.report import Row, report_json, write_report_json
+from fastfm.bench.throughput import resolve_settings, throughput_report
+from fastfm.bench.trace import write_trace
+from fastfm.data.resident import ResidentData
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = os.environ.get("FASTFM_DATA", str(REPO / "data"))
 TINY = dict(device="cpu", model="wrn-10-1", batch_size=8, baseline_batch=8, workers=1, warmup=1,
             iters=1, repeats=1, data_root=DATA)
+ROW_KEYS = {f.name for f in dataclasses.fields(Row)} | {"images_per_sec"}
 
 
 def _script(name: str):
@@ -47,6 +59,18 @@ def _hide(monkeypatch, backend: str) -> None:
     monkeypatch.delitem(sys.modules, module, raising=False)
 
 
+def _break(monkeypatch, backend: str) -> None:
+    """Make creating ``backend``'s augmenter raise, wherever the benchmarks create one."""
+
+    def create(cfg, *args, **kwargs):
+        if cfg.backend == backend:
+            raise RuntimeError(f"{backend} broke on purpose")
+        return real_create_augmenter(cfg, *args, **kwargs)
+
+    for module in (aug_cost, hot_path):
+        monkeypatch.setattr(module, "create_augmenter", create)
+
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     """Every mode and backend, with a trace."""
@@ -55,58 +79,74 @@ def report(tmp_path_factory):
 
 
 def _rows(report, mode):
-    return {r["pipeline"]: r for r in report["rows"] if r["mode"] == mode}
+    return {r.pipeline: r for r in report["rows"] if r.mode == mode}
 
 
 # ----------------------------------------------------------------------------- throughput
 
 
 def test_every_row_is_present_and_sane(report):
-    assert set(_rows(report, "aug")) == {"native", "kornia", "dali", "seed"}
+    assert set(_rows(report, "aug")) == {"native", "kornia", "dali", "baseline"}
     assert set(_rows(report, "full")) == {"native", "kornia", "dali"}
-    assert len(_rows(report, "step")) == len(_rows(report, "baseline")) == len(_rows(report, "reference")) == 1
+    assert set(_rows(report, "step")) == {"synthetic input"}
+    assert set(_rows(report, "baseline")) == {"baseline"}
+    assert len(_rows(report, "reference")) == 1
     for r in report["rows"]:
-        assert math.isfinite(r["images_per_sec"]) and r["images_per_sec"] > 0, r
-        assert r["ms_per_batch"] > 0
-        assert r["images_per_sec"] == pytest.approx(r["batch"] * 1000 / r["ms_per_batch"])
-        assert isinstance(r["config"], dict) and r["config"]
+        assert r.ok and r.error is None, r
+        assert math.isfinite(r.images_per_sec) and r.images_per_sec > 0, r
+        assert r.images_per_sec == pytest.approx(r.batch * 1000 / r.ms_per_batch)
+        assert isinstance(r.config, dict) and r.config
     for r in report["rows"]:
-        if r["mode"] in ("step", "full", "baseline"):
-            assert r["achieved_tflops"] > 0 and r["peak_fraction"] > 0
-            assert "measured" in r["peak_source"]            # no spec peak for a CPU
-            assert r["vs_baseline"] > 0 and r["vs_gtx1060"] > 0
-            assert r["config"]["model"] == "wrn-10-1"
-    baseline = next(iter(_rows(report, "baseline").values()))
-    assert baseline["vs_baseline"] == pytest.approx(1.0)
-    assert baseline["config"]["precision"] == "fp32" and not baseline["config"]["channels_last"]
-    assert baseline["batch"] == 8 and baseline["config"]["workers"] == 1
-    assert _rows(report, "aug")["seed"]["vs_baseline"] == pytest.approx(1.0)
+        if r.mode in ("step", "full", "baseline"):
+            assert r.achieved_tflops > 0 and r.peak_fraction > 0
+            assert "measured" in r.peak_source            # no spec peak for a CPU
+            assert r.vs_baseline > 0 and r.vs_gtx1060 > 0
+            assert r.config["model"] == "wrn-10-1"
+    base = _rows(report, "baseline")["baseline"]
+    assert base.vs_baseline == pytest.approx(1.0)
+    assert base.precision == "fp32" and base.config["precision"] == "fp32" and not base.config["channels_last"]
+    assert base.batch == 8 and base.config["workers"] == 1
+    assert _rows(report, "aug")["baseline"].vs_baseline == pytest.approx(1.0)
+    step = _rows(report, "step")["synthetic input"]
     for name, r in _rows(report, "full").items():
-        assert r["config"]["backend"] == name and r["aug_share"] < 1
-        assert r["step_ms"] == pytest.approx(next(iter(_rows(report, "step").values()))["ms_per_batch"])
+        assert r.config["backend"] == name and r.aug_share < 1
+        assert r.step_ms == step.ms_per_batch
+
+
+def test_baseline_is_named_baseline_everywhere(report):
+    """One name for the original pipeline: ``seed`` may only ever be a random seed (``train.seed``)."""
+    data = report_json(report)
+    assert ("aug", "baseline") in {(r["mode"], r["pipeline"]) for r in data["rows"]}
+    assert ("baseline", "baseline") in {(r["mode"], r["pipeline"]) for r in data["rows"]}
+    rows_text = json.dumps(data["rows"]).lower()
+    assert "seed" not in rows_text and "seed" not in report["markdown"].lower()
 
 
 def test_gtx1060_row_is_flagged_as_computed(report):
     (gtx,) = _rows(report, "reference").values()
-    assert gtx["computed"] is True
-    assert "not a measurement" in gtx["config"]["note"]
+    assert gtx.computed is True
+    assert "not a measurement" in gtx.config["note"]
     flops = report["flops_per_image"][32]
-    assert gtx["flops_per_image"] == flops
-    assert gtx["images_per_sec"] == pytest.approx(gtx1060_ceiling_images_per_sec(flops))
-    assert gtx["vs_gtx1060"] == pytest.approx(1.0)
+    assert gtx.flops_per_image == flops
+    assert gtx.images_per_sec == pytest.approx(gtx1060_ceiling_images_per_sec(flops))
+    assert gtx.vs_gtx1060 == pytest.approx(1.0)
     assert "computed ceiling" in report["markdown"] and "not a measurement" in report["markdown"]
 
 
-def test_json_names_hardware_and_configuration(report):
-    data = json.loads(json.dumps({k: v for k, v in report.items() if k != "markdown"}))
+def test_json_holds_settings_and_one_row_format(report, tmp_path):
+    path = tmp_path / "t.json"
+    write_report_json(report, path)
+    data = json.loads(path.read_text())
     env = data["environment"]
-    for key in ("device", "torch", "git_revision", "date_utc", "load_avg_1_5_15"):
-        assert env[key], key
-    assert env["device"].startswith("CPU") and env["cuda"] is None
+    assert set(fastfm.runinfo.environment(torch.device("cpu"))) <= set(env)
+    assert env["device"] == fastfm.runinfo.device_name(torch.device("cpu")) and env["cuda"] is None
+    assert env["git_revision"] == fastfm.runinfo.git_revision() and env["load_avg_1_5_15"]["after"]
     s = data["settings"]
     assert s["config"]["model"]["depth"] == 10 and s["config"]["train"]["batch_size"] == 8
     assert s["scaled_down"]                    # tiny CPU data set is said
-    assert data["missing"] == {}
+    assert data["missing"] == {} and "markdown" not in data
+    for r in data["rows"]:
+        assert set(r) == ROW_KEYS
 
 
 def test_markdown_table_has_every_row(report):
@@ -119,35 +159,56 @@ def test_markdown_table_has_every_row(report):
 
 def test_trace_has_named_ranges_from_the_training_path(report):
     trace = report["trace"]
-    expected = {"train_step", "data.next", "aug", *NATIVE_OP_RANGES, *STEP_RANGES.values()}
-    assert trace["backend"] == "native" and set(trace["ranges"]) == expected
-    events = json.loads(Path(trace["path"]).read_text())["traceEvents"]
-    assert expected <= {e.get("name") for e in events}
+    assert trace["backend"] == "native" and trace["steps"] == 2
+    ranges = set(trace["ranges"])
+    assert {"train_step", "data.next", "autograd::engine::evaluate_function: *"} <= ranges
+    assert any(r.startswith("Optimizer.step#") for r in ranges)
+    assert len([r for r in ranges if r.startswith("aug.")]) >= 3     # the augmenter's own op ranges
+    names = {e.get("name") for e in json.loads(Path(trace["path"]).read_text())["traceEvents"]}
+    assert {"train_step", "data.next"} <= names and any(str(n).startswith("aug.") for n in names)
 
 
-def test_profiler_ranges_wrap_the_timed_objects_and_restore_them():
+def _tiny_hot_path(**train):
     s = resolve_settings(**TINY)
-    training = build_single(s.cfg, s.device, steps_per_epoch=4)
-    it = FullIteration(training, ResidentData.synthetic(32), "native", 0.286, 0.353)
-    model, scaler, aug, batches = training.step.model, training.step.scaler, it.augmenter, it.batches
-    assert aug.op_ranges is False
-    with profiler_ranges(it):
-        assert training.step.model._target is model and training.step.scaler._target is scaler
-        assert it.augmenter._target is aug and aug.op_ranges is True
-        it()
-    assert training.step.model is model and training.step.scaler is scaler
-    assert it.augmenter is aug and it.batches is batches
-    assert aug.op_ranges is False and "op_ranges" not in aug.__dict__
-    it()
+    data = ResidentData.synthetic(32)
+    return build_single(native_config(s.cfg, train=train), s.device, data, 0.286, 0.353)
 
 
-def test_missing_backend_is_reported(monkeypatch):
-    _hide(monkeypatch, "kornia")
-    s = resolve_settings(**{**TINY, "modes": ("aug", "full"), "backends": ("native", "kornia")})
+def test_full_rows_run_the_engines_hot_path_unpatched(tmp_path):
+    """The timed function is the engine's own ``HotPath.iteration`` (its device-side statistics
+    count every call); another backend's row shares the model and optimizer through a new object;
+    tracing changes none of the hot path's attributes."""
+    hot = _tiny_hot_path()
+    attributes = dict(vars(hot))
+    run = iteration_fn(hot)
+    for _ in range(5):                          # 4 batches per epoch: crosses an epoch boundary
+        run()
+    assert hot.stats.finite.item() == 5 and hot.loader.epoch == 1
+    kornia = with_backend(hot, "kornia", 0.286, 0.353)
+    assert kornia is not hot and kornia.augmenter.name == "kornia" and hot.augmenter.name == "native"
+    assert kornia.model is hot.model and kornia.step is hot.step and kornia.optimizer is hot.optimizer
+    assert with_backend(hot, "native", 0.286, 0.353) is hot
+    write_trace(hot, ("native",), 0.286, 0.353, tmp_path, steps=1)
+    assert all(getattr(hot, k) is v for k, v in attributes.items()) and vars(hot).keys() == attributes.keys()
+    assert hot.augmenter.op_ranges is False and "op_ranges" not in vars(hot.augmenter)
+
+
+def test_missing_and_failing_backends_are_reported_in_their_rows(monkeypatch):
+    """A missing dependency and a backend that raises each mark their own rows; the rest is measured."""
+    _hide(monkeypatch, "dali")
+    _break(monkeypatch, "kornia")
+    s = resolve_settings(**{**TINY, "modes": ("aug", "full"), "backends": ("native", "kornia", "dali")})
     report = throughput_report(s)
-    assert "kornia" in report["missing"] and "kornia" in report["missing"]["kornia"]
-    assert {r["pipeline"] for r in report["rows"] if r["mode"] == "full"} == {"native"}
-    assert "kornia: missing" in report["markdown"]
+    rows = {(r.mode, r.pipeline): r for r in report["rows"]}
+    for mode in ("aug", "full"):
+        assert rows[mode, "native"].ok and rows[mode, "native"].images_per_sec > 0
+        assert rows[mode, "kornia"].status == "failed" and "broke on purpose" in rows[mode, "kornia"].error
+        assert rows[mode, "dali"].status == "missing" and "nvidia" in rows[mode, "dali"].error
+        assert rows[mode, "kornia"].images_per_sec is None and rows[mode, "dali"].vs_baseline is None
+    assert rows["aug", "baseline"].ok
+    assert set(report["missing"]) == {"dali"}
+    assert "dali (aug, full): missing" in report["markdown"]
+    assert "kornia (aug, full): failed — RuntimeError: kornia broke on purpose" in report["markdown"]
 
 
 def test_cpu_defaults_are_scaled_down_and_said():
@@ -191,34 +252,94 @@ def test_cli_writes_json_and_plot(tmp_path):
          "--json", str(tmp_path / "t.json"), "--plot", str(tmp_path / "t.png")],
         capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "| step | synthetic input |" in out.stdout and "GTX 1060" in out.stdout
+    assert "| step | synthetic input |" in out.stdout and "| baseline | baseline |" in out.stdout
+    assert "GTX 1060" in out.stdout
     rows = json.loads((tmp_path / "t.json").read_text())["rows"]
-    assert [r["mode"] for r in rows] == ["step", "baseline", "reference"]
+    assert [(r["mode"], r["pipeline"]) for r in rows][:2] == [("step", "synthetic input"), ("baseline", "baseline")]
+    assert rows[2]["mode"] == "reference" and rows[2]["computed"]
     assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # ----------------------------------------------------------------------------- aug_cost
 
 
+FULL = AugConfig(backend="kornia", resize=40, crop=30, flip_p=0.3, autoaugment="imagenet", erasing_p=0.2,
+                 erasing_value=0.5, cutmix_p=0.4, mixup_p=0.3, mixup_alpha=0.4, channels=3,
+                 channels_last=False, num_classes=7)
+
+
+def test_op_ladder_switches_on_one_op_per_rung_in_the_documented_order():
+    ladder = op_ladder(FULL)
+    names = [name for name, _ in ladder]
+    assert names == ["base", "resize", "crop", "flip", "autoaugment", "erasing", "cutmix", "mixup"]
+    assert ladder[-1][1] == FULL                # the top rung is the whole configuration, nothing lost
+    fields = [f.name for f in dataclasses.fields(AugConfig)]
+    for (_, below), (name, cfg) in zip(ladder, ladder[1:]):
+        changed = [f for f in fields if getattr(cfg, f) != getattr(below, f)]
+        assert changed == [dict(OPS)[name]], (name, changed)
+        assert getattr(cfg, changed[0]) == getattr(FULL, changed[0])
+        cfg.validate()
+    # the base rung has every op off that AugConfig.off() switches off, and nothing else changed
+    off = AugConfig.off(resize=0, crop=0)
+    switched = {f for f in fields if getattr(off, f) != getattr(AugConfig(), f)}
+    assert switched <= set(dict(OPS).values()), f"ops the ladder does not know: {switched - set(dict(OPS).values())}"
+    base = ladder[0][1]
+    for f in fields:
+        assert getattr(base, f) == (getattr(off, f) if f in dict(OPS).values() else getattr(FULL, f)), f
+
+
+def test_op_ladder_skips_ops_that_are_off():
+    ladder = op_ladder(AugConfig(autoaugment="none", erasing_p=0.0))
+    assert [name for name, _ in ladder] == ["base", "resize", "crop", "flip", "cutmix"]
+    assert ladder[-1][1] == AugConfig(autoaugment="none", erasing_p=0.0)
+
+
 def test_aug_cost_rows_and_json(tmp_path, monkeypatch, capsys):
     _hide(monkeypatch, "dali")
+    monkeypatch.setattr(fastfm.runinfo, "git_revision", lambda: "rev-from-runinfo")
     path = tmp_path / "aug.json"
     rc = _script("aug_cost").main(["--device", "cpu", "--backends", "native", "kornia", "dali",
                                    "--batch-size", "8", "--iters", "1", "--repeats", "1", "--data", DATA,
                                    "--json", str(path)])
     assert rc == 0
+    out = capsys.readouterr().out
     report = json.loads(path.read_text())
     assert report["environment"]["device"].startswith("CPU")
-    assert "dali" in report["missing"] and "dali: missing" in capsys.readouterr().out
+    assert report["environment"]["git_revision"] == "rev-from-runinfo"
+    assert "dali" in report["missing"] and "dali (aug): missing" in out
+    for r in report["rows"]:
+        assert set(r) == ROW_KEYS
     for backend in ("native", "kornia"):
-        rows = [r for r in report["rows"] if r["backend"] == backend]
-        ops = [r["op"] for r in rows]
-        assert ops[0] == "base" and ops[-1] == "stack" and "+autoaugment" in ops and "+cutmix" in ops
+        rows = [r for r in report["rows"] if r["pipeline"] == backend]
+        assert [r["op"] for r in rows[:-1]] == ["base", "+resize", "+crop", "+flip", "+autoaugment",
+                                                "+erasing", "+cutmix"]
+        assert all(r["mode"] == "op" for r in rows[:-1])
         stack = rows[-1]
-        assert stack["images_per_sec"] > 0 and stack["vs_seed"] > 0
-        assert sum(r["op_ms"] for r in rows[:-1]) == pytest.approx(stack["rung_ms"])
-    seed = [r for r in report["rows"] if r["backend"] == "seed"]
-    assert len(seed) == 1 and seed[0]["images_per_sec"] > 0 and seed[0]["vs_seed"] == pytest.approx(1.0)
+        full = dataclasses.asdict(AugConfig(backend=backend))
+        assert stack["mode"] == "aug" and stack["config"]["aug"] == json.loads(json.dumps(full))
+        assert stack["ms_per_batch"] == rows[-2]["ms_per_batch"] and stack["vs_baseline"] > 0
+    (base,) = [r for r in report["rows"] if r["pipeline"] == "baseline"]
+    assert base["mode"] == "aug" and base["images_per_sec"] > 0 and base["vs_baseline"] == pytest.approx(1.0)
+    assert "seed" not in json.dumps(report["rows"]).lower() and "seed" not in out.lower()
+
+
+def test_aug_cost_failing_backend_keeps_the_others_and_exits_1(monkeypatch, capsys):
+    _break(monkeypatch, "kornia")
+    rc = _script("aug_cost").main(["--device", "cpu", "--backends", "kornia", "native", "--batch-size", "8",
+                                   "--iters", "1", "--repeats", "1", "--data", DATA, "--no-baseline"])
+    captured = capsys.readouterr()
+    assert rc == 1
+    assert "kornia (aug): failed — RuntimeError: kornia broke on purpose" in captured.out
+    assert "| native | aug |" in captured.out and "| baseline |" not in captured.out
+    assert "Traceback" in captured.err                  # the fault's traceback is kept for the log
+
+
+def test_aug_cost_report_rows_are_rows():
+    report = aug_cost_report(device="cpu", backends=("native",), batch_size=4, data_root=DATA, repeats=1,
+                             iters=1, include_baseline=False, full=AugConfig.off())
+    assert all(isinstance(r, Row) for r in report["rows"])
+    assert [(r.mode, r.op) for r in report["rows"]] == [("op", "base"), ("op", "+resize"), ("op", "+crop"),
+                                                        ("aug", None)]
 
 
 def test_aug_cost_bad_batch_is_an_error_line(capsys):

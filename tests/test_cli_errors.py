@@ -19,7 +19,7 @@ import torch
 from test_train import tiny_config
 
 from fastfm.config import Config
-from fastfm.engine.train import fit
+from fastfm.engine.run import train
 from fastfm.models import create_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,7 +54,7 @@ def trained(tmp_path_factory, data_root) -> Path:
     tmp = tmp_path_factory.mktemp("cli_errors")
     start = tmp / "start.pt"
     torch.save(create_model(tiny_config(tmp, data_root)).state_dict(), start)
-    fit(tiny_config(tmp, data_root, train={"epochs": 1}, model={"pretrained": str(start)},
+    train(tiny_config(tmp, data_root, train={"epochs": 1}, model={"pretrained": str(start)},
                     data={"train_limit": 256, "test_limit": 200}))
     start.unlink()
     return tmp / "tiny" / "best.pt"

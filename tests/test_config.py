@@ -125,4 +125,4 @@ def test_default_preset_follows_the_device():
 
     from fastfm.config import default_preset
 
-    assert default_preset() == REPO / "configs" / ("fast.yaml" if torch.cuda.is_available() else "cpu.yaml")
+    assert default_preset() == REPO / "fastfm" / "configs" / ("fast.yaml" if torch.cuda.is_available() else "cpu.yaml")

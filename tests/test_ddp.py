@@ -17,10 +17,11 @@ from test_train import tiny_config
 from fastfm.augment import AugConfig, create_augmenter
 from fastfm.data.resident import EpochLoader, ResidentData
 from fastfm.distributed import cleanup, init_distributed, wrap_ddp
-from fastfm.engine.amp import Precision, create_scaler
-from fastfm.engine.checkpoint import load_checkpoint
+from fastfm.engine.amp import Precision, create_gradient_update
 from fastfm.engine.evaluate import evaluate_checkpoint
-from fastfm.engine.train import Interrupted, TrainStep, fit
+from fastfm.engine.run import Interrupted, train
+from fastfm.engine.state import load_checkpoint
+from fastfm.engine.step import OptimizerStep
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +59,7 @@ def test_evaluation_is_exact_across_world_sizes(tmp_path, data_root):
     # 2000 test images in batches of 500: the same batches whichever the world size.
     cfg = tiny_config(tmp_path, data_root, train={"epochs": 1}, data={"test_limit": 2000},
                       eval={"batch_size": 500})
-    fit(cfg)
+    train(cfg)
     ckpt = str(tmp_path / "tiny" / "last.pt")
     single = evaluate_checkpoint(ckpt, tta=True)
     spawn(_evaluate, 2, ckpt, str(tmp_path / "ddp.json"))
@@ -83,8 +84,8 @@ def _one_step(rank, world_size, global_batch, out):
     model = _no_bn_net()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
     precision = Precision("fp32", info.device)
-    scaler = create_scaler(precision, model.parameters(), 0.0, info.device, skip_nonfinite=False)
-    step = TrainStep(wrap_ddp(model, info), optimizer, precision, scaler, label_smoothing=0.1)
+    scaler = create_gradient_update(precision, model.parameters(), 0.0, info.device, skip_nonfinite=False)
+    step = OptimizerStep(wrap_ddp(model, info), optimizer, precision, scaler, label_smoothing=0.1)
     data = ResidentData.synthetic(global_batch, seed=1)
     loader = EpochLoader(data, global_batch // world_size, rank=rank, world_size=world_size, seed=3)
     aug = create_augmenter(AugConfig.off(resize=0, crop=0, channels_last=False), info.device, seed=0,
@@ -111,7 +112,7 @@ def test_one_step_on_two_ranks_equals_one_rank(tmp_path):
 
 def _fit(rank, world_size, cfg, stop_at):
     try:
-        fit(cfg, stop=StopAtCheck(stop_at) if stop_at else None)
+        train(cfg, stop=StopAtCheck(stop_at) if stop_at else None)
     except Interrupted:
         pass
 

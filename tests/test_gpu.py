@@ -1,8 +1,9 @@
 """CUDA checks of what the benchmark times (skipped without CUDA; run by ``benchmarks/gpu_check.sh``).
 
 * every backend's contract on CUDA (a backend whose dependency is missing is skipped, by name);
-* the benchmark's full training iteration (:class:`fastfm.throughput.FullIteration`: resident data ->
-  EpochLoader -> native augmentation -> TrainStep in bf16, channels_last) and the loader alone,
+* the benchmark's full training iteration (:func:`fastfm.bench.hot_path.iteration_fn` over the
+  engine's hot path: resident data -> EpochLoader -> native augmentation -> step in bf16,
+  channels_last) and the loader alone,
   across epoch boundaries, under ``torch.cuda.set_sync_debug_mode("error")``: any host
   synchronisation in the hot path raises;
 * a WRN-40-4 forward/backward in bf16 autocast keeps channels_last in every block and gradient.
@@ -20,7 +21,8 @@ import torch
 from fastfm.augment import BACKENDS, AugConfig, BackendUnavailable, create_augmenter
 from fastfm.config import Config
 from fastfm.data.resident import EpochLoader, ResidentData
-from fastfm.throughput import FullIteration, build_single, endless, resolve_settings
+from fastfm.bench.hot_path import build_single, endless, iteration_fn
+from fastfm.bench.throughput import resolve_settings
 
 pytestmark = pytest.mark.gpu
 
@@ -59,7 +61,7 @@ def test_backend_contract_on_cuda(backend, channels):
     assert torch.isfinite(x).all() and x.min() >= LO - 1e-4 and x.max() <= HI + 1e-4
     assert y.dtype == torch.float32 and y.shape == (512, 10) and (y >= 0).all()
     torch.testing.assert_close(y.sum(1), torch.ones(512, device="cuda"), atol=1e-5, rtol=0)
-    e = aug.eval(data.images)
+    e = aug.test_transform(data.images)
     assert e.shape == (512, channels, 32, 32) and e.is_contiguous(memory_format=torch.channels_last)
     # seeded: the same seed gives the same stream; a restored state continues it exactly
     same = _augmenter(backend, channels=channels, mixup_p=0.25)
@@ -70,25 +72,25 @@ def test_backend_contract_on_cuda(backend, channels):
     assert torch.equal(same(data.images, data.labels)[0], x1)
 
 
-def _training(**overrides):
+def _hot_path(**overrides):
     s = resolve_settings(device="cuda", model="wrn-16-2", batch_size=128, precision="bf16",
                          channels_last=True, **overrides)
-    return build_single(s.cfg, s.device, steps_per_epoch=8)
+    return build_single(s.cfg, s.device, ResidentData.synthetic(1024, "cuda"), MEAN, STD)
 
 
 def test_full_iteration_has_no_host_sync():
     """The benchmark's full row: every call the trainer makes per step, native backend with the
     whole default stack (AutoAugment, erasing, CutMix), bf16, channels_last, 2.5 epochs."""
-    training = _training()
-    assert training.precision.name == "bf16" and training.cfg.aug.backend == "native"
-    it = FullIteration(training, ResidentData.synthetic(1024, "cuda"), "native", MEAN, STD)
+    hot = _hot_path()
+    assert hot.precision.name == "bf16" and hot.cfg.aug.backend == "native"
+    it = iteration_fn(hot)
     for _ in range(3):                  # cuDNN autotuning, optimizer state, AutoAugment tables
         it()
     with no_host_sync():
         for _ in range(20):             # 8 batches per epoch: crosses two epoch boundaries
             it()
-    assert it.stats.finite.item() == 23
-    assert it.stats.loss_sum.item() > 0
+    assert hot.stats.finite.item() == 23
+    assert hot.stats.loss_sum.item() > 0
 
 
 def test_loader_iteration_has_no_host_sync():

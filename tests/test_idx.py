@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from fastfm.data import idx
-from fastfm.data.idx import DataError, atomic_writer, check_split, load_split, read_idx, write_idx
+from fastfm.data.idx import DataError, check_split, load_split, read_idx, write_idx
+from fastfm.files import atomic_writer
 
 
 def _images(n=12, seed=0):

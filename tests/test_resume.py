@@ -13,9 +13,15 @@ import pytest
 import torch
 from test_train import tiny_config
 
-from fastfm.engine.checkpoint import (MARKER, CheckpointError, RunFolder, RunFolderError, load_checkpoint,
-                                     save_checkpoint)
-from fastfm.engine.train import Interrupted, StopSignal, fit
+from fastfm.engine.run import Interrupted, StopSignal, train
+from fastfm.engine.state import (
+    MARKER,
+    CheckpointError,
+    RunFolder,
+    RunFolderError,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,15 +73,15 @@ def assert_same_state(a: Path, b: Path) -> None:
 
 @pytest.mark.parametrize("opt, stop_at", [("ranger", 5), ("adamw", 2)], ids=["epoch-boundary", "mid-epoch"])
 def test_resume_is_bit_exact(tmp_path, data_root, opt, stop_at):
-    straight = fit(full_recipe(tmp_path, data_root, "straight", opt))
+    straight = train(full_recipe(tmp_path, data_root, "straight", opt))
 
     cfg = full_recipe(tmp_path, data_root, "resumed", opt)
     with pytest.raises(Interrupted):
-        fit(cfg, stop=StopAtCheck(stop_at))
+        train(cfg, stop=StopAtCheck(stop_at))
     progress = load_checkpoint(tmp_path / "resumed" / "last.pt")["progress"]
     assert (progress["epoch"], progress["epoch_step"]) == ((1, 0) if stop_at == 5 else (0, 4))
     cfg.train.resume = "yes"
-    resumed = fit(cfg)
+    resumed = train(cfg)
 
     assert_same_state(tmp_path / "straight" / "last.pt", tmp_path / "resumed" / "last.pt")
     for key in ("test_acc", "test_loss", "test_acc_tta"):
@@ -87,7 +93,7 @@ def test_resume_is_bit_exact(tmp_path, data_root, opt, stop_at):
 def test_resume_requires_a_checkpoint(tmp_path, data_root):
     cfg = tiny_config(tmp_path, data_root, train={"resume": "yes"})
     with pytest.raises(RunFolderError, match="nothing to resume"):
-        fit(cfg)
+        train(cfg)
 
 
 def _launch(args: list[str]) -> subprocess.Popen:

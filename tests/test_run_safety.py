@@ -22,8 +22,8 @@ import pytest
 import torch
 from test_resume import assert_same_state
 
-from fastfm.engine.checkpoint import MARKER, load_checkpoint, save_checkpoint
 from fastfm.engine.evaluate import evaluate_checkpoint
+from fastfm.engine.state import MARKER, load_checkpoint, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 # WRN-10-1 (configs/cpu.yaml) on 2048 images: 16 steps of 128 per epoch, about a second per epoch here.

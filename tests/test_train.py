@@ -16,12 +16,13 @@ import torch
 import torch.nn.functional as F
 
 from fastfm.config import Config
-from fastfm.engine import train as train_mod
-from fastfm.engine.amp import Precision, create_scaler
-from fastfm.engine.checkpoint import load_checkpoint
+from fastfm.engine import step as step_mod
+from fastfm.engine.amp import Precision, create_gradient_update
 from fastfm.engine.evaluate import evaluate_checkpoint, shift_images, tta_views
 from fastfm.engine.optim import WarmupCosine
-from fastfm.engine.train import NonFiniteLoss, fit
+from fastfm.engine.run import NonFiniteLoss, train
+from fastfm.engine.state import load_checkpoint
+from fastfm.engine.step import OptimizerStep
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,7 +50,7 @@ def tiny_config(out_dir: Path, data_root: Path, name: str = "tiny", **sections) 
 
 def test_tiny_model_learns_and_writes_run_folder(tmp_path, data_root):
     cfg = tiny_config(tmp_path, data_root, train={"epochs": 3}, data={"train_limit": 2048})
-    summary = fit(cfg)
+    summary = train(cfg)
     assert summary["test_acc"] > 0.6            # chance is 0.1
     run = tmp_path / "tiny"
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "last.pt", "best.pt", "curves.png", "confusion.png"):
@@ -71,7 +72,7 @@ def test_tiny_model_learns_and_writes_run_folder(tmp_path, data_root):
 
 
 def test_evaluate_script(tmp_path, data_root):
-    fit(tiny_config(tmp_path, data_root, train={"epochs": 1}))
+    train(tiny_config(tmp_path, data_root, train={"epochs": 1}))
     r = subprocess.run([sys.executable, "scripts/evaluate.py", "--ckpt", str(tmp_path / "tiny" / "best.pt"), "--tta"],
                        cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -97,19 +98,19 @@ class NaNAt:
 
 
 def _poison(monkeypatch, step: int):
-    real = train_mod.create_augmenter
-    monkeypatch.setattr(train_mod, "create_augmenter", lambda *a, **k: NaNAt(real(*a, **k), step))
+    real = step_mod.create_augmenter
+    monkeypatch.setattr(step_mod, "create_augmenter", lambda *a, **k: NaNAt(real(*a, **k), step))
 
 
 def test_nonfinite_loss_stops_and_names_the_step(tmp_path, data_root, monkeypatch):
     _poison(monkeypatch, step=5)
     with pytest.raises(NonFiniteLoss, match=r"at step 5 \(epoch 1, batch 5 of 8\)"):
-        fit(tiny_config(tmp_path, data_root))
+        train(tiny_config(tmp_path, data_root))
 
 
 def test_nonfinite_loss_skip_mode(tmp_path, data_root, monkeypatch):
     _poison(monkeypatch, step=11)
-    fit(tiny_config(tmp_path, data_root, train={"on_nonfinite": "skip"}))
+    train(tiny_config(tmp_path, data_root, train={"on_nonfinite": "skip"}))
     records = [json.loads(line) for line in (tmp_path / "tiny" / "metrics.jsonl").read_text().splitlines()]
     assert [r["skipped_steps"] for r in records] == [0, 1]
     state = load_checkpoint(tmp_path / "tiny" / "last.pt")
@@ -120,7 +121,7 @@ def test_nonfinite_loss_skip_mode(tmp_path, data_root, monkeypatch):
 def test_skipping_scaler_leaves_weights_and_counts():
     model = torch.nn.Linear(4, 3)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    scaler = create_scaler(Precision("fp32", torch.device("cpu")), model.parameters(), 1.0,
+    scaler = create_gradient_update(Precision("fp32", torch.device("cpu")), model.parameters(), 1.0,
                            torch.device("cpu"), skip_nonfinite=True)
     before = [p.detach().clone() for p in model.parameters()]
     scaler(model(torch.full((2, 4), float("nan"))).sum(), opt)
@@ -142,12 +143,25 @@ def test_warmup_cosine_schedule():
     assert WarmupCosine(1.0, 10, 50, 0.1, 0.0)(9) < 1.0      # warm-up longer than the run
 
 
-def test_label_smoothing_on_soft_targets_matches_hard_labels():
-    logits = torch.randn(16, 10)
-    labels = torch.randint(0, 10, (16,))
-    soft = F.one_hot(labels, 10).float()
-    assert torch.allclose(F.cross_entropy(logits, soft, label_smoothing=0.1),
-                          F.cross_entropy(logits, labels, label_smoothing=0.1))
+def test_optimizer_step_returns_the_smoothed_soft_target_loss():
+    """The loss the step reports (and trains on) is the label-smoothed cross-entropy of the model's
+    logits against the (CutMix/MixUp) soft targets: with one-hot targets it must equal the
+    hard-label loss of the same logits, and a mixed target must move it."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)      # lr 0: the weights stay put
+    prec = Precision("fp32", torch.device("cpu"))
+    update = create_gradient_update(prec, model.parameters(), 0.0, torch.device("cpu"), skip_nonfinite=False)
+    step = OptimizerStep(model, optimizer, prec, update, label_smoothing=0.1)
+    x, labels = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    with torch.no_grad():
+        reference = F.cross_entropy(model(x), labels, label_smoothing=0.1)
+    one_hot = F.one_hot(labels, 10).float()
+    loss = step(x, one_hot)
+    assert loss.dtype == torch.float32 and loss.dim() == 0 and not loss.requires_grad
+    torch.testing.assert_close(loss, reference, rtol=1e-6, atol=1e-6)
+    mixed = 0.5 * one_hot + 0.5 * one_hot.roll(1, 0)
+    assert not torch.allclose(step(x, mixed), reference)
 
 
 def test_tta_views_and_shift():
@@ -163,38 +177,27 @@ def test_tta_views_and_shift():
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision, opt", [("bf16", "adamw"), ("fp16", "adamw"), ("bf16", "ranger")])
 def test_training_steps_do_not_sync_on_cuda(precision, opt):
-    """The whole per-step path (loader, augmenter, step, stats, EMA, schedule) under CUDA's sync
-    debug mode: any device->host synchronisation raises."""
-    from timm.utils import ModelEmaV3
-
-    from fastfm.augment import create_augmenter
-    from fastfm.data.resident import EpochLoader, ResidentData
-    from fastfm.engine.optim import create_optimizer
-    from fastfm.engine.train import StepStats, TrainStep
-    from fastfm.models import create_model
+    """The trainer's own hot path, ``HotPath.iteration`` as built by ``build_hot_path`` (loader,
+    augmenter, step, stats, EMA, schedule), under CUDA's sync debug mode: any device->host
+    synchronisation raises."""
+    from fastfm.data.resident import ResidentData
+    from fastfm.distributed import DistInfo
+    from fastfm.engine.step import build_hot_path
 
     dev = torch.device("cuda")
-    cfg = Config.from_dict({"model": {"depth": 10, "width": 1}, "optim": {"name": opt, "clip_grad": 1.0},
-                            "aug": {"cutmix_p": 0.5, "autoaugment": "cifar10"}})
-    model = create_model(cfg).to(dev, memory_format=torch.channels_last)
-    optimizer = create_optimizer(model, cfg.optim, dev)
-    prec = Precision(precision, dev)
-    scaler = create_scaler(prec, model.parameters(), cfg.optim.clip_grad, dev, skip_nonfinite=False)
-    step = TrainStep(model, optimizer, prec, scaler, 0.1)
-    aug = create_augmenter(cfg.aug, dev, seed=0, mean=0.286, std=0.353)
-    ema = ModelEmaV3(model, decay=0.999, use_warmup=True)
-    loader = EpochLoader(ResidentData.synthetic(2048, dev), 128)
-    schedule = WarmupCosine(1e-3, 100, 10, 0.1, 0.0)
-    stats = StepStats(dev, 0)
-    batches = iter(loader)
+    cfg = Config.from_dict({"model": {"depth": 10, "width": 1},
+                            "optim": {"name": opt, "clip_grad": 1.0},
+                            "aug": {"cutmix_p": 0.5, "autoaugment": "cifar10", "erasing_p": 0.5},
+                            "train": {"precision": precision, "batch_size": 128, "epochs": 1},
+                            "ema": {"enabled": True}})
+    hot = build_hot_path(cfg, DistInfo(0, 1, 0, dev), ResidentData.synthetic(2048, dev), 0.286, 0.353)
+    hot.stats.reset(0)
+    batches = iter(hot.loader)
     try:
         for i in range(12):
             if i == 4:                   # after cuDNN autotuning and lazy initialisation
                 torch.cuda.set_sync_debug_mode("error")
-            schedule.apply(optimizer, i)
-            x, y = aug(*next(batches))
-            stats.update(step(x, y))
-            ema.update(model, step=i)
+            hot.iteration(*next(batches), i, i)
     finally:
         torch.cuda.set_sync_debug_mode(0)
-    assert stats.finite.item() == 12
+    assert hot.stats.finite.item() == 12

@@ -1,17 +1,22 @@
 """On-device batch augmentation behind one contract (see :mod:`fastfm.augment.base`).
 
 Backends are chosen by name; optional dependencies (Kornia, DALI) are imported only when their
-backend is chosen.
+backend is chosen.  Importing this package (or :mod:`fastfm.augment.config`) does not import torch:
+a configuration can be read without it.  ``Augmenter`` is loaded on first access, and
+:func:`create_augmenter` imports the chosen backend (and with it torch) when called.
 """
 
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
-import torch
-
-from .base import Augmenter
 from .config import BACKENDS, AugConfig
+
+if TYPE_CHECKING:
+    import torch
+
+    from .base import Augmenter
 
 # name -> (module, class, pip requirement shown when the import fails)
 _BACKENDS = {
@@ -45,6 +50,15 @@ def create_augmenter(cfg: AugConfig, device: torch.device | str, seed: int = 0,
             f"backend with --aug.backend {{{','.join(b for b in BACKENDS if b != cfg.backend)}}}."
         ) from exc
     return getattr(module, cls_name)(cfg, device=device, seed=seed, mean=mean, std=std)
+
+
+def __getattr__(name: str):
+    # The base class lives in .base, which imports torch: load it only when asked for.
+    if name == "Augmenter":
+        from .base import Augmenter
+
+        return Augmenter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["AugConfig", "Augmenter", "BACKENDS", "BackendUnavailable", "create_augmenter"]

@@ -4,16 +4,23 @@ A backend is built once per run by :func:`fastfm.augment.create_augmenter` and t
 
     x, y = aug(images, labels)
 
-* ``images``: uint8 tensor (B, 1, 28, 28) on the run's device (the resident dataset's storage).
+* ``images``: uint8 tensor (B, 1, 28, 28) on the augmenter's device (the resident dataset's storage).
 * ``labels``: int64 tensor (B,) on the same device.
 * ``x``: float32 (B, C, S, S), C = ``cfg.channels``, S = ``cfg.out_size``, normalised with the
   training-set mean/std, in ``torch.channels_last`` memory format when ``cfg.channels_last``.
 * ``y``: float32 (B, num_classes) soft targets; each row sums to 1.
 
-Randomness comes only from the backend's own generator(s), seeded at construction, so two backends
-built with the same seed produce the same stream, and ``state_dict()`` / ``load_state_dict()``
-capture and restore it for bit-exact resume.  ``eval(images)`` is the deterministic test-time
-transform (resize, centre crop, normalise) with the same output contract as ``x``.
+:class:`Augmenter` is a template: ``__call__`` is written once here (input checks, the backend's own
+ops, one-hot targets, CutMix/MixUp, channels and memory format); a backend implements only
+:meth:`Augmenter._augment` (its ops from resize up to and including erasing) and its own state.
+
+Randomness comes only from the backend's own generator(s), seeded at construction, so two
+augmenters of one backend built with the same seed produce the same stream, and ``state_dict()`` /
+``load_state_dict()`` capture and restore it for bit-exact resume.  A state is a dict tagged with
+its backend (``{"backend": name, ...}``); loading another backend's state is a ``ValueError``.
+``test_transform(images)`` is the deterministic test-time transform (resize, centre crop,
+normalise) with the same output contract as ``x``.  With :attr:`Augmenter.op_ranges` on, every op
+runs in a ``torch.profiler`` range ``aug.<op>``.
 """
 
 from __future__ import annotations
@@ -24,15 +31,24 @@ import contextlib
 import torch
 
 from .config import AugConfig
+from .mix import mix_batch
 
 
 class Augmenter(abc.ABC):
-    """Base class of all backends (see the module docstring for the contract)."""
+    """Base class of all backends (see the module docstring for the contract).
+
+    A backend sets :attr:`name`, creates :attr:`generator` in its ``__init__`` and implements
+    :meth:`_augment`, :meth:`_state_dict` and :meth:`_load_state_dict`.
+    """
 
     name: str = "?"
     # Named profiler ranges around each op ("aug.resize", ...), for ``throughput.py --trace``.
     # Off by default: a range costs a little host time per op, and the hot path owes nothing to it.
     op_ranges: bool = False
+    #: torch.Generator on :attr:`device` that CutMix/MixUp draw from after :meth:`_augment` (and
+    #: the erasing boxes, where the backend erases in torch).  Native: its one generator for every
+    #: op.  Kornia and DALI: re-seeded from (seed, batch index) at the start of every ``_augment``.
+    generator: torch.Generator
 
     def __init__(self, cfg: AugConfig, device: torch.device | str, seed: int,
                  mean: float, std: float):
@@ -43,12 +59,44 @@ class Augmenter(abc.ABC):
         self.mean = float(mean)
         self.std = float(std)
 
-    @abc.abstractmethod
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Augment one training batch; see the module docstring."""
+        """Augment one training batch; see the module docstring for shapes and dtypes."""
+        self.check_input(images, labels)
+        x = self._augment(images)
+        y = one_hot(labels, self.cfg.num_classes)
+        # CutMix/MixUp before channel repetition and memory format: they commute with both, and
+        # mixing one channel is a third of the work of mixing three.
+        with self.op_range("mix"):
+            x, y = mix_batch(x, y, self.cfg, self.generator)
+        with self.op_range("finish"):
+            return finish(x, self.cfg), y
 
-    def eval(self, images: torch.Tensor) -> torch.Tensor:
-        """Deterministic test-time transform: resize, centre crop, normalise, channels, format."""
+    @abc.abstractmethod
+    def _augment(self, images: torch.Tensor) -> torch.Tensor:
+        """The backend's own ops, in the order of :mod:`fastfm.augment.config` from resize up to and
+        including erasing: checked uint8 (B, 1, H, W) -> normalised float32 (B, 1, S, S) on
+        :attr:`device` (any memory format).  Ops switched off in the config are skipped."""
+
+    def check_input(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        """Validate the input half of the contract with clear errors, including the device (the
+        generators live on :attr:`device`).  Metadata only: no sync."""
+        if images.dtype != torch.uint8:
+            raise TypeError(f"augmenter expects uint8 images, got {images.dtype}")
+        if images.dim() != 4 or images.shape[1] != 1:
+            raise ValueError(f"augmenter expects images of shape (B, 1, H, W), got {tuple(images.shape)}")
+        if labels.dtype != torch.int64 or labels.shape != images.shape[:1]:
+            raise ValueError(f"augmenter expects int64 labels of shape ({images.shape[0]},), "
+                             f"got {labels.dtype} {tuple(labels.shape)}")
+        if labels.device != images.device:
+            raise ValueError(f"images on {images.device} but labels on {labels.device}")
+        dev = images.device
+        if dev.type != self.device.type or (self.device.index is not None and dev.index != self.device.index):
+            raise ValueError(f"the {self.name} augmenter was built for {self.device} but the batch "
+                             f"is on {dev}")
+
+    def test_transform(self, images: torch.Tensor) -> torch.Tensor:
+        """Deterministic test-time transform of uint8 (B, 1, H, W): resize, centre crop, normalise,
+        channels, memory format -> float32 (B, C, S, S), as ``x`` of :meth:`__call__`."""
         x = images.float()
         if self.cfg.resize and self.cfg.resize != x.shape[-1]:
             x = resize_bilinear(x, self.cfg.resize)
@@ -64,13 +112,29 @@ class Augmenter(abc.ABC):
             return torch.profiler.record_function(f"aug.{op}")
         return contextlib.nullcontext()
 
-    @abc.abstractmethod
     def state_dict(self) -> dict:
-        """Everything needed to continue the random stream exactly (generator states)."""
+        """``{"backend": name, ...}``: the tag plus everything the backend needs to continue its
+        random stream exactly (:meth:`_state_dict`)."""
+        return {"backend": self.name, **self._state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned; ``ValueError`` for another backend's state."""
+        tag = state.get("backend")
+        if tag is None:
+            raise ValueError(f"augmenter state without a 'backend' tag cannot be loaded into the "
+                             f"{self.name!r} augmenter (keys: {', '.join(map(str, state))})")
+        if tag != self.name:
+            raise ValueError(f"augmenter state of the {tag!r} backend cannot be loaded into the "
+                             f"{self.name!r} augmenter: resume with --aug.backend {tag}")
+        self._load_state_dict(state)
 
     @abc.abstractmethod
-    def load_state_dict(self, state: dict) -> None:
-        """Restore what :meth:`state_dict` returned."""
+    def _state_dict(self) -> dict:
+        """The backend's own state (generator states, counters); plain values and tensors."""
+
+    @abc.abstractmethod
+    def _load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`_state_dict` returned (``state`` also holds the ``"backend"`` tag)."""
 
 
 _MASK64 = (1 << 64) - 1
@@ -94,19 +158,6 @@ def derive_seed(*parts: int, bits: int = 63) -> int:
     return h & ((1 << bits) - 1)
 
 
-def check_batch(images: torch.Tensor, labels: torch.Tensor) -> None:
-    """Validate the input half of the contract with clear errors (cheap: metadata only, no sync)."""
-    if images.dtype != torch.uint8:
-        raise TypeError(f"augmenter expects uint8 images, got {images.dtype}")
-    if images.dim() != 4 or images.shape[1] != 1:
-        raise ValueError(f"augmenter expects images of shape (B, 1, H, W), got {tuple(images.shape)}")
-    if labels.dtype != torch.int64 or labels.shape != images.shape[:1]:
-        raise ValueError(f"augmenter expects int64 labels of shape ({images.shape[0]},), "
-                         f"got {labels.dtype} {tuple(labels.shape)}")
-    if labels.device != images.device:
-        raise ValueError(f"images on {images.device} but labels on {labels.device}")
-
-
 def resize_bilinear(x: torch.Tensor, size: int) -> torch.Tensor:
     """Bilinear resize of a float batch (B, C, H, W) -> (B, C, size, size).
 
@@ -123,7 +174,7 @@ def normalise(x: torch.Tensor, mean: float, std: float) -> torch.Tensor:
 
 
 def finish(x: torch.Tensor, cfg: AugConfig) -> torch.Tensor:
-    """Channel repetition and memory format: the last step of every backend's output."""
+    """Channel repetition and memory format: the last step of every output (training and test)."""
     if cfg.channels == 3 and x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
     if cfg.channels_last:
@@ -132,4 +183,5 @@ def finish(x: torch.Tensor, cfg: AugConfig) -> torch.Tensor:
 
 
 def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """int64 (B,) -> float32 (B, num_classes) one-hot targets."""
     return torch.nn.functional.one_hot(labels, num_classes).float()

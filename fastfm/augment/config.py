@@ -41,7 +41,7 @@ class AugConfig:
     erasing_ratio: tuple[float, float] = (0.3, 3.3)     # aspect ratio h/w, sampled log-uniformly
     erasing_value: float = 0.0             # fill, in normalised units (0 = dataset mean)
     cutmix_p: float = 0.5                  # probability that a batch sample gets a pasted box
-    cutmix_alpha: float = 1.0              # box area fraction ~ Beta(alpha, alpha)
+    cutmix_alpha: float = 1.0              # lam ~ Beta(alpha, alpha); box sides sqrt(1 - lam) x image
     mixup_p: float = 0.0                   # probability of MixUp for a sample (instead of CutMix)
     mixup_alpha: float = 0.2
     channels: int = 1                      # 1 or 3 output channels

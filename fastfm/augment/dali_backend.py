@@ -11,25 +11,28 @@ Data path
   the pipeline's ``device_id`` = the augmenter's CUDA index when the augmenter lives on CUDA (the
   torch CUDA tensor is passed directly, ordered on torch's current stream; no host round trip), a
   NumPy view of the CPU tensor with ``device="cpu"`` and ``device_id=None`` otherwise.
-* The pipeline output (float32 HWC, already normalised and erased) is copied with
+* The pipeline output (float32 HWC, already normalised) is copied with
   ``nvidia.dali.plugin.pytorch.feed_ndarray`` into a freshly allocated torch tensor on the same
   device; on CUDA the pipeline is run with ``run(cuda_stream)`` so its outputs are bound to torch's
   current stream (no host sync, DALI's default "dynamic" executor) and the copy is issued on that
   stream.  (B, S, S, 1) permuted to (B, 1, S, S) is a channels_last view, so no transpose follows.
-* CutMix/MixUp (:func:`fastfm.augment.mix.mix_batch`, DALI has no CutMix) and channel repetition /
-  memory format (:func:`fastfm.augment.base.finish`) run in torch on that tensor.
+* Erasing (:mod:`fastfm.augment.erasing`, the box draw every backend shares) runs in torch on that
+  tensor; CutMix/MixUp (DALI has no CutMix), channel repetition and memory format follow in the base
+  class (:meth:`fastfm.augment.base.Augmenter.__call__`).
 
-Op order (config.py): resize -> crop -> flip -> AutoAugment -> normalise -> erasing (all in DALI)
--> channels -> CutMix/MixUp (torch).  Mixing runs on the 1-channel tensor and the channels are
-repeated afterwards: the result is identical (the channels are copies) and 3x cheaper.  An op that
-is off in the config is not put into the graph at all.
+Op order (config.py): resize -> crop -> flip -> AutoAugment -> normalise (in DALI) -> erasing ->
+CutMix/MixUp -> channels (torch).  Erasing is the last op before mixing and works on the normalised
+image, which is exactly what the pipeline returns, so running it after the pipeline keeps the
+documented order.  An op that is off in the config is not put into the graph at all.
 
 Random streams, seeding and resume
 ----------------------------------
 * DALI's random operators (``fn.random.*``, and those inside ``auto_augment``) are seeded from the
-  pipeline ``seed``, derived from ``(seed, batches done)``; CutMix/MixUp use a torch generator on the
-  augmenter's device, re-seeded for every batch from ``(seed, batch index)``.
-* ``state_dict()`` holds the batch counter plus DALI's own checkpoint (``enable_checkpointing=True``,
+  pipeline ``seed``, derived from ``(seed, batches done)``; the erasing boxes and CutMix/MixUp draw
+  from :attr:`~fastfm.augment.base.Augmenter.generator`, a torch generator on the augmenter's
+  device re-seeded for every batch from ``(seed, batch index)``.
+* ``state_dict()`` holds the batch counter (which also restores the torch generator's stream)
+  plus DALI's own checkpoint (``enable_checkpointing=True``,
   ``Pipeline.checkpoint()``; verified with ``external_source``/``feed_input`` on DALI 2.4: the
   operators' RNG states are restored, the external source is simply fed by us).
   ``load_state_dict()`` rebuilds the pipeline from that checkpoint at the next call, so the next
@@ -73,23 +76,21 @@ Deviations from torchvision semantics (documented, deliberate or forced by DALI)
   equalize from DALI ops was prototyped (one-hot histogram and lookup, 256 ops per pixel): exact,
   but ~0.8 ms per sample on the 2-core CPU (trivial on a GPU), so it is not used, to keep one
   semantics on both devices.  Unknown policy names raise ``ValueError``.
-* erasing: torchvision's algorithm vectorised in DALI random/arithmetic ops: with probability
-  ``erasing_p`` (``fn.random.coin_flip``), 10 tries of (area ~ U(scale) * H * W, log aspect ratio
-  ~ U(log ratio)), h = round(sqrt(area * r)), w = round(sqrt(area / r)); the first try with h < H and
-  w < W is used (no erasing when none fits, as torchvision), top-left corner uniform over the valid
-  integer positions; filled with ``erasing_value`` by ``fn.erase`` on the normalised float image.
-  Differences: float32 instead of float64 arithmetic, and rounding halves up instead of to even.
-  When a sample is not erased, the region has shape 0 (fn.erase then leaves the sample unchanged).
+* erasing: not a DALI op here (see ``DaliAugmenter._augment`` for why): the boxes of the shared
+  :func:`fastfm.augment.erasing.draw_erasing_boxes` are applied in torch
+  (:func:`fastfm.augment.erasing.erase`, one mask and ``masked_fill`` on the device).
 * Seeds: the same seed gives the same stream for this backend, but not the same numbers as the
   native or Kornia backends (different generators).
 * Cost on the CPU (DALI's CPU backend, ``min(4, cpu_count)`` threads; 2-core development machine,
-  batch 512, best of 15, the machine shared): ~60 ms per batch for the full default recipe
-  (cifar10 AutoAugment, erasing, CutMix), ~27 ms without AutoAugment, ~20 ms for resize + crop +
-  flip + erasing, ~11 ms for resize + crop + flip.  Building the pipeline (first call, and a batch
-  larger than any before) takes ~4 s with AutoAugment -- DALI's autograph rewrites the conditional
-  graph of 25 sub-policies -- and ~0.2 s without.  On a GPU the image work moves to the device but
-  the per-sample random draws, the erasing-box arithmetic and the conditional split/merge of the
-  AutoAugment graph still run on DALI's CPU threads, synchronously per batch
+  batch 512, best of 15, the machine shared), measured while erasing was still ``fn.erase`` in the
+  pipeline: ~60 ms per batch for the full default recipe (cifar10 AutoAugment, erasing, CutMix),
+  ~27 ms without AutoAugment, ~20 ms for resize + crop + flip + erasing, ~11 ms for resize + crop +
+  flip.  Erasing in torch, timed side by side with that former pipeline on a busier machine: resize
+  + crop + flip + erasing ~16-20 ms where the in-pipeline version took ~28 ms.  Building the
+  pipeline (first call, and a batch larger than any before) takes ~4 s with AutoAugment -- DALI's
+  autograph rewrites the conditional graph of 25 sub-policies -- and ~0.2 s without.  On a GPU the
+  image work moves to the device but the per-sample random draws and the conditional split/merge
+  of the AutoAugment graph still run on DALI's CPU threads, synchronously per batch
   (``prefetch_queue_depth=1``: each batch is fed when the trainer asks for it).
 
 Not verified here (no GPU on the development machine): the CUDA path (``device="gpu"`` external
@@ -99,29 +100,25 @@ run ``tests/test_augment_dali.py`` (the ``gpu``-marked test) on a CUDA machine.
 
 from __future__ import annotations
 
-import math
 import os
 
 import numpy as np
-import torch
-
 import nvidia.dali as dali  # noqa: F401  (first DALI import: a missing DALI fails here)
-import nvidia.dali.math as dmath
+import torch
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.auto_aug import augmentations as _aa
 from nvidia.dali.auto_aug.auto_augment import apply_auto_augment
 from nvidia.dali.auto_aug.core import Policy, augmentation
 from nvidia.dali.plugin.pytorch import feed_ndarray
 
-from . import mix
-from .base import Augmenter, check_batch, derive_seed, finish, one_hot
+from .base import Augmenter, derive_seed
 from .config import AugConfig
+from .erasing import draw_erasing_boxes, erase
 
 # fn.filter / fn.equalize left fn.experimental in recent DALI; keep older releases working
 _filter = getattr(fn, "filter", None) or fn.experimental.filter
 _equalize_op = getattr(fn, "equalize", None) or fn.experimental.equalize
 
-_ERASE_TRIES = 10          # torchvision RandomErasing.get_params tries 10 boxes
 _NUM_BINS = 10             # torchvision AutoAugment magnitude bins
 
 
@@ -223,39 +220,10 @@ def torchvision_policy(name: str, side: int) -> Policy:
 # Pipeline
 # ----------------------------------------------------------------------------------------------
 
-def _uniform(lo: float, hi: float, shape=None):
-    if hi > lo:
-        return fn.random.uniform(range=[lo, hi], shape=shape)
-    return types.Constant(np.full(shape or (), lo, dtype=np.float32))
-
-
-def _random_erase(x, cfg: AugConfig, side: int):
-    """torchvision RandomErasing on a float HWC batch, with DALI random and arithmetic ops."""
-    n = _ERASE_TRIES
-    lo, hi = cfg.erasing_scale
-    rlo, rhi = cfg.erasing_ratio
-    area = _uniform(lo, hi, (n,)) * float(side * side)
-    ratio = dmath.exp(_uniform(math.log(rlo), math.log(rhi), (n,)))
-    h = dmath.floor(dmath.sqrt(area * ratio) + 0.5)
-    w = dmath.floor(dmath.sqrt(area / ratio) + 0.5)
-    fits = (h < side) & (w < side)
-    # index of the first try that fits: max over fits * (n, n-1, ..., 1) is n - first (0 if none)
-    score = fn.reductions.max(fn.cast(fits, dtype=types.INT32)
-                              * types.Constant(np.arange(n, 0, -1, dtype=np.int32)))
-    first = dmath.min(n - score, n - 1)
-    erase = fn.cast(score > 0, dtype=types.FLOAT) * fn.cast(
-        fn.random.coin_flip(probability=cfg.erasing_p), dtype=types.FLOAT)
-    eh = h[first] * erase
-    ew = w[first] * erase
-    y0 = dmath.min(dmath.floor(fn.random.uniform(range=[0.0, 1.0]) * (side - eh + 1)), side - eh)
-    x0 = dmath.min(dmath.floor(fn.random.uniform(range=[0.0, 1.0]) * (side - ew + 1)), side - ew)
-    return fn.erase(x, anchor=fn.stack(y0, x0), shape=fn.stack(eh, ew), axis_names="HW",
-                    fill_value=float(cfg.erasing_value))
-
-
 def build_pipeline(cfg: AugConfig, batch_size: int, device_id: int | None, seed: int,
                    mean: float, std: float, num_threads: int, checkpoint=None):
-    """The augmentation pipeline (input "images": HWC uint8; output: normalised float32 HWC)."""
+    """The augmentation pipeline, resize to normalise (input "images": HWC uint8; output:
+    normalised float32 HWC).  Erasing follows in torch (see :meth:`DaliAugmenter._augment`)."""
     size = cfg.resize or 28
     side = cfg.out_size
     use_aa = cfg.autoaugment != "none"
@@ -284,10 +252,7 @@ def build_pipeline(cfg: AugConfig, batch_size: int, device_id: int | None, seed:
             x = apply_auto_augment(policy, x, fill_value=0, interp_type=types.INTERP_NN)
         if not is_float:
             x = fn.cast(x, dtype=types.FLOAT)
-        x = (x * (1.0 / 255.0) - mean) / std
-        if cfg.erasing_p > 0:
-            x = _random_erase(x, cfg, side)
-        return x
+        return (x * (1.0 / 255.0) - mean) / std
 
     return augment(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
                    seed=seed, prefetch_queue_depth=1, enable_checkpointing=True,
@@ -312,7 +277,7 @@ class DaliAugmenter(Augmenter):
         else:
             raise ValueError(f"the DALI backend runs on CPU or CUDA, not {self.device}")
         self._num_threads = max(1, min(4, os.cpu_count() or 1))
-        self._mix_gen = torch.Generator(device=self.device)
+        self.generator = torch.Generator(device=self.device)
         self._batches = 0            # batches augmented so far
         self._pipe = None
         self._pipe_batch = 0         # max_batch_size of the pipeline
@@ -340,47 +305,54 @@ class DaliAugmenter(Augmenter):
         self._pipe, self._pipe_batch, self._pipe_seed = pipe, batch, seed
 
     # -- the contract --------------------------------------------------------------------------
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor):
-        check_batch(images, labels)
-        if images.device != self.device:
-            raise ValueError(f"the DALI augmenter was built for {self.device}, "
-                             f"got a batch on {images.device}")
+    def _augment(self, images: torch.Tensor) -> torch.Tensor:
+        """The DALI pipeline (resize -> crop -> flip -> AutoAugment -> normalise), then erasing in
+        torch; (B, 1, S, S) float32, a channels_last view."""
         b, _, h, w = images.shape
         if (h, w) != (28, 28):
             raise ValueError(f"the DALI pipeline is built for 28x28 inputs, got {h}x{w}")
-        pipe = self._pipeline(b)
-        side = self.cfg.out_size
-        hwc = images.permute(0, 2, 3, 1).contiguous()        # (B, 28, 28, 1): free for 1 channel
-        out = torch.empty((b, side, side, 1), dtype=torch.float32, device=self.device)
-        if self._device_id is None:
-            pipe.feed_input("images", hwc.numpy(), layout="HWC")
-            (res,) = pipe.run()
-            feed_ndarray(res.as_tensor(), out)
-        else:
-            stream = torch.cuda.current_stream(self.device)
-            pipe.feed_input("images", hwc, layout="HWC", cuda_stream=stream)
-            (res,) = pipe.run(stream)
-            feed_ndarray(res.as_tensor(), out, cuda_stream=stream)
-        self._last_outputs = res
-        x = out.permute(0, 3, 1, 2)                           # (B, 1, S, S), channels_last view
-        self._mix_gen.manual_seed(derive_seed(self.seed, 0x313C, self._batches, bits=63))
+        with self.op_range("dali"):
+            pipe = self._pipeline(b)
+            side = self.cfg.out_size
+            hwc = images.permute(0, 2, 3, 1).contiguous()        # (B, 28, 28, 1): free for 1 channel
+            out = torch.empty((b, side, side, 1), dtype=torch.float32, device=self.device)
+            if self._device_id is None:
+                pipe.feed_input("images", hwc.numpy(), layout="HWC")
+                (res,) = pipe.run()
+                feed_ndarray(res.as_tensor(), out)
+            else:
+                stream = torch.cuda.current_stream(self.device)
+                pipe.feed_input("images", hwc, layout="HWC", cuda_stream=stream)
+                (res,) = pipe.run(stream)
+                feed_ndarray(res.as_tensor(), out, cuda_stream=stream)
+            self._last_outputs = res
+        x = out.permute(0, 3, 1, 2)                               # (B, 1, S, S), channels_last view
+        # Erasing and CutMix/MixUp draw from a torch generator re-seeded per batch: counter-based
+        # like the pipeline seed, so DALI's checkpoint plus the batch counter restore both streams.
+        self.generator.manual_seed(derive_seed(self.seed, 0x313C, self._batches, bits=63))
         self._batches += 1
-        x, y = mix.mix_batch(x, one_hot(labels, self.cfg.num_classes), self.cfg, self._mix_gen)
-        return finish(x, self.cfg), y
+        if self.cfg.erasing_p > 0:
+            # In torch, not fn.erase in the pipeline, so that the boxes come from the draw every
+            # backend shares (fastfm.augment.erasing).  The documented order holds: erasing is the
+            # last op before mixing and acts on the normalised image, which is what the pipeline
+            # returns.  Feeding the boxes to fn.erase would need them on the host (DALI argument
+            # inputs are CPU-only): a device->host copy, i.e. a sync, per batch on CUDA.
+            with self.op_range("erasing"):
+                boxes = draw_erasing_boxes(self.cfg, b, side, side, self.generator, self.device)
+                x = erase(x, boxes, self.cfg.erasing_value)
+        return x
 
-    def state_dict(self) -> dict:
+    def _state_dict(self) -> dict:
         if self._restore is not None:                  # restored but not run since: pass it on
             pipe_batch, pipe_seed, checkpoint = self._restore
         elif self._pipe is not None:
             pipe_batch, pipe_seed, checkpoint = self._pipe_batch, self._pipe_seed, self._pipe.checkpoint()
         else:
             pipe_batch, pipe_seed, checkpoint = 0, 0, None
-        return {"backend": self.name, "seed": self.seed, "batches": self._batches,
+        return {"seed": self.seed, "batches": self._batches,
                 "pipe_batch": pipe_batch, "pipe_seed": pipe_seed, "checkpoint": checkpoint}
 
-    def load_state_dict(self, state: dict) -> None:
-        if state.get("backend", self.name) != self.name:
-            raise ValueError(f"state of the {state.get('backend')!r} augmenter given to {self.name!r}")
+    def _load_state_dict(self, state: dict) -> None:
         self.seed = int(state.get("seed", self.seed))     # the saved stream, whatever was configured
         self._batches = int(state["batches"])
         self._pipe = None

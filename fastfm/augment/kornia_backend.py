@@ -6,7 +6,8 @@ Ops and order (config.py): resize -> crop -> flip -> AutoAugment -> normalise ->
 channels -> CutMix/MixUp.  An op that is off in the config is not run (and draws nothing).
 
 * resize: :func:`fastfm.augment.base.resize_bilinear` (torch; Kornia's ``Resize`` computes the same
-  bilinear, ``align_corners=False`` kernel -- using the shared function keeps train and eval equal).
+  bilinear, ``align_corners=False`` kernel -- using the shared function keeps training and the test
+  transform equal).
 * crop: ``K.RandomCrop`` draws the offsets (uniform over every integer offset, as torchvision); the
   window is cut with one vectorised gather here instead of Kornia's ``cropping_mode="slice"``, which
   slices the batch sample by sample in Python (``crop_by_indices``: 512 slices + ``cat``), and
@@ -39,29 +40,28 @@ channels -> CutMix/MixUp.  An op that is off in the config is not run (and draws
   (checked identical for cifar10/imagenet/svhn).
 * normalise: :func:`fastfm.augment.base.normalise`.
 * erasing: ``K.RandomErasing`` applies the box on the normalised tensor (vectorised: a mask and a
-  ``where``), with parameters drawn here by torchvision's ``RandomErasing.get_params``, vectorised:
-  with probability ``erasing_p``, 10 tries of area ~ U(scale) * H * W and a *log-uniform* aspect
-  ratio, h = round(sqrt(area * r)), w = round(sqrt(area / r)), the first try with h < H and w < W
-  wins (none fits: no erasing), top-left uniform over the valid positions, fill ``erasing_value``.
-  Kornia's own generator differs from torchvision (ratio uniform on [lo, 1] or [1, hi] with
-  probability 1/2 each -- mean log-ratio +0.11 instead of 0 for (0.3, 3.3) --, boxes clamped to the
-  image instead of redrawn, fill restricted to 0..1), so it is not used.
-* CutMix/MixUp: :func:`fastfm.augment.mix.mix_batch` on the 1-channel tensor, then channel
-  repetition and memory format (:func:`fastfm.augment.base.finish`); mixing before repeating the
-  channels gives the same result (the channels are copies) at a third of the cost.
+  ``where``); the boxes come from the draw every backend shares,
+  :func:`fastfm.augment.erasing.draw_erasing_boxes` (torchvision's ``RandomErasing.get_params``,
+  vectorised), fill ``erasing_value``.  Kornia's own generator differs from torchvision (ratio
+  uniform on [lo, 1] or [1, hi] with probability 1/2 each -- mean log-ratio +0.11 instead of 0 for
+  (0.3, 3.3) --, boxes clamped to the image instead of redrawn, fill restricted to 0..1), so it is
+  not used.
+* CutMix/MixUp, channel repetition and memory format: the base class
+  (:meth:`fastfm.augment.base.Augmenter.__call__`), as for every backend.
 
 Random numbers.  Kornia draws all its parameters from torch's *global* CPU generator (on the CPU,
 then copies them to the batch's device).  To make this backend reproducible, resumable and
 invisible to the caller's random stream, every call runs inside :func:`torch.random.fork_rng`
 (CPU, plus the augmenter's CUDA device if any) with the generator seeded from ``(seed, batch
-index)``; the per-sample sub-policy indices come from the same forked stream, CutMix/MixUp from a
-torch generator on the device, re-seeded from ``(seed, batch index)``.  ``state_dict()`` is just
-the batch counter, so a resumed run continues bit-exactly, and the caller's global RNG state is the
-same after a call as before it.
+index)``; the per-sample sub-policy indices and the erasing boxes come from the same forked stream,
+CutMix/MixUp from :attr:`~fastfm.augment.base.Augmenter.generator` on the device, re-seeded from
+``(seed, batch index)``.  The backend's state is just the seed and the batch counter, so a resumed
+run continues bit-exactly, and the caller's global RNG state is the same after a call as before it.
 
-Cost of Kornia's CPU-side parameter drawing.  ``aug.profile = True`` times every parameter draw
-(Kornia's ``forward_parameters`` of the crop, flip and 25 sub-policy modules, the per-sample
-sub-policy and erasing draws) into ``aug.param_seconds``.  Measured on the 2-core development CPU
+Cost of Kornia's CPU-side parameter drawing.  With ``op_ranges`` on, every parameter draw (Kornia's
+``forward_parameters`` of the crop, flip and 25 sub-policy modules, the per-sample sub-policy and
+erasing draws) runs in the profiler range ``aug.params``, nested in the range of its op
+(``throughput.py --trace``).  Host time of those draws, measured on the 2-core development CPU
 (no GPU), batch 512, default recipe (cifar10 AutoAugment, erasing 0.5, CutMix 0.5): about 3 ms
 of parameter drawing out of ~30 ms for the whole call (~10 %); the rest is Kornia's image work,
 mostly the AutoAugment ops (~25 ms: ~50 op calls per batch, each on its sub-policy's group).  On a
@@ -71,8 +71,7 @@ the ~3 ms of draws plus the ~50 op launches per batch become the bulk of the hos
 
 from __future__ import annotations
 
-import math
-import time
+import contextlib
 
 import kornia  # noqa: F401  (first Kornia import: a missing Kornia fails here)
 import kornia.augmentation as K
@@ -80,9 +79,9 @@ import torch
 from kornia.augmentation.auto import AutoAugment
 from kornia.augmentation.auto.operations import Saturate
 
-from . import mix
-from .base import Augmenter, check_batch, derive_seed, finish, normalise, one_hot, resize_bilinear
+from .base import Augmenter, derive_seed, normalise, resize_bilinear
 from .config import AugConfig
+from .erasing import draw_erasing_boxes
 
 
 class PerSampleAutoAugment(torch.nn.Module):
@@ -90,36 +89,30 @@ class PerSampleAutoAugment(torch.nn.Module):
 
     Works on float images in [0, 1], (B, C, H, W), C = 1 or 3.  Random numbers: torch's global CPU
     generator (as Kornia), so the caller controls them (``KorniaAugmenter`` forks and seeds it).
+    ``op_range``: ``op_range("params")`` gives the context every parameter draw runs in (the
+    augmenter's :meth:`~fastfm.augment.base.Augmenter.op_range`; by default none).
     """
 
-    def __init__(self, policy: str):
+    def __init__(self, policy: str, op_range=None):
         super().__init__()
         self.policy = policy
         self.sub_policies = torch.nn.ModuleList(AutoAugment(policy).children())
         self.needs_rgb = [any(isinstance(op, Saturate) for op in sub.children())
                           for sub in self.sub_policies]
-        #: when True, host seconds spent drawing parameters accumulate in ``param_seconds``
-        self.profile = False
-        self.param_seconds = 0.0
+        self.op_range = op_range or (lambda name: contextlib.nullcontext())
 
     def draw(self, module, shape):
-        """``module.forward_parameters(shape)`` (Kornia's parameter draw), timed when profiling."""
-        if not self.profile:
+        """``module.forward_parameters(shape)``: Kornia's parameter draw, in the "params" range."""
+        with self.op_range("params"):
             return module.forward_parameters(shape)
-        start = time.perf_counter()
-        params = module.forward_parameters(shape)
-        self.param_seconds += time.perf_counter() - start
-        return params
 
     def forward(self, x: torch.Tensor, choice: torch.Tensor | None = None) -> torch.Tensor:
         b, c = x.shape[:2]
         n = len(self.sub_policies)
-        start = time.perf_counter()
         if choice is None:
-            choice = torch.randint(n, (b,))                  # CPU, global generator
+            with self.op_range("params"):
+                choice = torch.randint(n, (b,))              # CPU, global generator
         choice = choice.cpu()
-        if self.profile:
-            self.param_seconds += time.perf_counter() - start
         order = torch.argsort(choice, stable=True)
         counts = torch.bincount(choice, minlength=n).tolist()   # CPU: no device sync
         order_dev = order.to(x.device, non_blocking=True)
@@ -154,46 +147,18 @@ class KorniaAugmenter(Augmenter):
         self._crop = (K.RandomCrop((cfg.crop, cfg.crop), p=1.0)
                       if cfg.crop and cfg.crop != size else None)
         self._flip = K.RandomHorizontalFlip(p=cfg.flip_p) if cfg.flip_p > 0 else None
-        self._autoaugment = (PerSampleAutoAugment(cfg.autoaugment).to(self.device)
+        self._autoaugment = (PerSampleAutoAugment(cfg.autoaugment, self.op_range).to(self.device)
                              if cfg.autoaugment != "none" else None)
-        self._erase = (K.RandomErasing(scale=cfg.erasing_scale, ratio=cfg.erasing_ratio,
-                                       value=0.0, p=cfg.erasing_p)
-                       if cfg.erasing_p > 0 else None)
-        self._mix_gen = torch.Generator(device=self.device)
+        # p=1: Kornia's own coin and box draw are never used; every sample gets the box of the
+        # shared draw (0 x 0, i.e. nothing erased, where that draw says no).
+        self._erase = K.RandomErasing(p=1.0) if cfg.erasing_p > 0 else None
+        self.generator = torch.Generator(device=self.device)
         self._batches = 0
-        self._param_seconds = 0.0
-        self.profile = False
-
-    @property
-    def profile(self) -> bool:
-        """Profiling switch: when True, host time spent drawing random parameters (Kornia's
-        ``forward_parameters`` of every module, the sub-policy and erasing draws) accumulates in
-        :attr:`param_seconds`."""
-        return self._profile
-
-    @profile.setter
-    def profile(self, on: bool) -> None:
-        self._profile = bool(on)
-        if self._autoaugment is not None:
-            self._autoaugment.profile = self._profile
-
-    @property
-    def param_seconds(self) -> float:
-        own = self._param_seconds
-        return own + (self._autoaugment.param_seconds if self._autoaugment is not None else 0.0)
-
-    def reset_profile(self) -> None:
-        self._param_seconds = 0.0
-        if self._autoaugment is not None:
-            self._autoaugment.param_seconds = 0.0
 
     def _draw(self, module, shape):
-        """Draw a module's parameters (``None``: the erasing box), timed when profiling."""
-        start = time.perf_counter() if self._profile else 0.0
-        params = self._erase_params(shape) if module is None else module.forward_parameters(shape)
-        if self._profile:
-            self._param_seconds += time.perf_counter() - start
-        return params
+        """Kornia's parameter draw of ``module`` for a batch of ``shape``, in the "params" range."""
+        with self.op_range("params"):
+            return module.forward_parameters(shape)
 
     def _fork_devices(self) -> list[int]:
         return [self.device.index] if self.device.type == "cuda" else []
@@ -203,60 +168,52 @@ class KorniaAugmenter(Augmenter):
         if self.device.type == "cuda":
             torch.cuda.default_generators[self.device.index].manual_seed(seed)
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor):
-        check_batch(images, labels)
+    def _augment(self, images: torch.Tensor) -> torch.Tensor:
+        """resize -> crop -> flip -> AutoAugment -> normalise -> erasing, (B, 1, S, S) float32, with
+        torch's global RNGs forked and seeded for this batch (see the module docstring)."""
         index = self._batches
+        self.generator.manual_seed(derive_seed(self.seed, 0x313C, index))     # CutMix/MixUp
+        self._batches += 1
         with torch.random.fork_rng(devices=self._fork_devices()):
             self._seed_globals(derive_seed(self.seed, 0xC0A1, index))
-            x = self._augment(images)
-        self._mix_gen.manual_seed(derive_seed(self.seed, 0x313C, index))
-        self._batches += 1
-        x, y = mix.mix_batch(x, one_hot(labels, self.cfg.num_classes), self.cfg, self._mix_gen)
-        return finish(x, self.cfg), y
+            return self._ops(images)
 
-    def _augment(self, images: torch.Tensor) -> torch.Tensor:
-        """resize -> crop -> flip -> AutoAugment -> normalise -> erasing, (B, 1, S, S) float32."""
+    def _ops(self, images: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
         x = images.float()
         if cfg.resize and cfg.resize != x.shape[-1]:
-            x = resize_bilinear(x, cfg.resize)
+            with self.op_range("resize"):
+                x = resize_bilinear(x, cfg.resize)
         if self._crop is not None:
-            x = self._crop_batch(x)
+            with self.op_range("crop"):
+                x = self._crop_batch(x)
         if self._flip is not None:
-            x = self._flip(x, params=self._draw(self._flip, x.shape))
+            with self.op_range("flip"):
+                x = self._flip(x, params=self._draw(self._flip, x.shape))
         if self._autoaugment is not None:
-            x = self._autoaugment(x * (1.0 / 255.0)) * 255.0
-        x = normalise(x, self.mean, self.std)
+            with self.op_range("autoaugment"):
+                x = self._autoaugment(x * (1.0 / 255.0)) * 255.0
+        with self.op_range("normalise"):
+            x = normalise(x, self.mean, self.std)
         if self._erase is not None:
-            x = self._erase(x, params=self._draw(None, x.shape))
+            with self.op_range("erasing"):
+                x = self._erase(x, params=self._erase_params(x.shape))
         return x
 
     def _erase_params(self, shape) -> dict:
-        """torchvision ``RandomErasing.get_params``, vectorised, as parameters for K.RandomErasing.
-
-        Per sample: erase with probability p; 10 tries of area ~ U(scale) * H * W and aspect ratio
-        log-uniform in ``ratio``; h = round(sqrt(area * r)), w = round(sqrt(area / r)); the first
-        try with h < H and w < W wins (none fits: no erasing); top-left uniform over the valid
-        integer positions.  Drawn on the CPU from the (forked) global generator, as Kornia's own.
-        """
+        """The shared erasing draw (:func:`fastfm.augment.erasing.draw_erasing_boxes`, torchvision's
+        ``get_params``) as parameters for ``K.RandomErasing``: a sample that is not erased gets a
+        0 x 0 box.  Drawn on the CPU from the (forked) global generator, as Kornia draws all its
+        parameters; Kornia copies the boxes to the batch's device."""
         b, _, height, width = shape
-        cfg = self.cfg
-        tries = 10
-        area = torch.empty(b, tries, dtype=torch.float64).uniform_(*cfg.erasing_scale) * (height * width)
-        log_lo, log_hi = math.log(cfg.erasing_ratio[0]), math.log(cfg.erasing_ratio[1])
-        ratio = torch.exp(torch.empty(b, tries, dtype=torch.float64).uniform_(log_lo, log_hi))
-        h = torch.sqrt(area * ratio).round()         # round half to even, as Python's round()
-        w = torch.sqrt(area / ratio).round()
-        fits = (h < height) & (w < width)
-        first = fits.int().argmax(1, keepdim=True)   # first try that fits (0 when none does)
-        h = h.gather(1, first).squeeze(1).float()
-        w = w.gather(1, first).squeeze(1).float()
-        apply = (torch.rand(b) < cfg.erasing_p) & fits.any(1)
-        ys = torch.minimum((torch.rand(b) * (height - h + 1)).floor(), height - h).clamp_min(0)
-        xs = torch.minimum((torch.rand(b) * (width - w + 1)).floor(), width - w).clamp_min(0)
-        return {"batch_prob": apply.float(), "widths": w, "heights": h, "xs": xs, "ys": ys,
-                "values": torch.full((b,), float(cfg.erasing_value)),
-                "forward_input_shape": torch.tensor(shape, dtype=torch.long)}
+        with self.op_range("params"):
+            apply, top, left, eh, ew = draw_erasing_boxes(self.cfg, b, height, width,
+                                                          torch.default_generator, "cpu")
+            keep = apply.float()
+            return {"batch_prob": torch.ones(b), "heights": eh * keep, "widths": ew * keep,
+                    "ys": top.float(), "xs": left.float(),
+                    "values": torch.full((b,), float(self.cfg.erasing_value)),
+                    "forward_input_shape": torch.tensor(shape, dtype=torch.long)}
 
     def _crop_batch(self, x: torch.Tensor) -> torch.Tensor:
         """Kornia's RandomCrop offsets, cut with one gather (no per-sample slicing)."""
@@ -271,11 +228,9 @@ class KorniaAugmenter(Augmenter):
         x = torch.gather(x, 2, rows.view(b, 1, size, 1).expand(b, c, size, w))
         return torch.gather(x, 3, cols.view(b, 1, 1, size).expand(b, c, size, size))
 
-    def state_dict(self) -> dict:
-        return {"backend": self.name, "seed": self.seed, "batches": self._batches}
+    def _state_dict(self) -> dict:
+        return {"seed": self.seed, "batches": self._batches}
 
-    def load_state_dict(self, state: dict) -> None:
-        if state.get("backend", self.name) != self.name:
-            raise ValueError(f"state of the {state.get('backend')!r} augmenter given to {self.name!r}")
+    def _load_state_dict(self, state: dict) -> None:
         self.seed = int(state.get("seed", self.seed))     # the saved stream, whatever was configured
         self._batches = int(state["batches"])

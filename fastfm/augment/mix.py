@@ -1,4 +1,5 @@
-"""CutMix and MixUp as whole-batch tensor ops, shared by every backend (DALI has no CutMix).
+"""CutMix and MixUp as whole-batch tensor ops, run for every backend by
+:meth:`fastfm.augment.base.Augmenter.__call__` after the backend's own ops.
 
 Every sample ``i`` is mixed with partner ``i - 1`` (the batch rolled by one): batches come from a
 fresh device permutation each epoch, so the neighbour is a random sample, and a roll never pairs a
@@ -47,12 +48,38 @@ def sample_beta(alpha: float, n: int, generator: torch.Generator, device) -> tor
     return x / (x + y).clamp_min(1e-12)
 
 
+def draw_cutmix_boxes(alpha: float, b: int, h: int, w: int, generator: torch.Generator,
+                      device) -> tuple[torch.Tensor, ...]:
+    """``b`` CutMix boxes by the standard formula (torchvision v2 ``CutMix``, timm ``rand_bbox``).
+
+    ``lam ~ Beta(alpha, alpha)``, ``r = sqrt(1 - lam)``, ``cut_h = int(H * r)``, ``cut_w = int(W * r)``,
+    integer centre ``cy ~ U{0..H-1}``, ``cx ~ U{0..W-1}``, and the box
+    ``[cy - cut_h // 2, cy + cut_h // 2) x [cx - cut_w // 2, cx + cut_w // 2)`` clipped to the image.
+    The label weight of the pasted partner is then the clipped box's area fraction (torchvision's
+    ``lam`` adjusted to the box), which :func:`mix_batch` uses exactly.
+
+    Draws, in this order, from ``generator`` (on ``device``): lam (see :func:`sample_beta`), cy (b,),
+    cx (b,).  Returns ``(y0, y1, x0, x1)``, each int64 (b,): rows ``y0 <= i < y1``, columns
+    ``x0 <= j < x1``.
+    """
+    lam = sample_beta(alpha, b, generator, device)
+    r = torch.sqrt(1.0 - lam)
+    half_h = (r * h).long() // 2            # int() truncation: r >= 0, so it is a floor
+    half_w = (r * w).long() // 2
+    cy = torch.randint(0, h, (b,), generator=generator, device=device)
+    cx = torch.randint(0, w, (b,), generator=generator, device=device)
+    return ((cy - half_h).clamp(0, h), (cy + half_h).clamp(0, h),
+            (cx - half_w).clamp(0, w), (cx + half_w).clamp(0, w))
+
+
 def mix_batch(x: torch.Tensor, targets: torch.Tensor, cfg: AugConfig,
               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Apply per-sample CutMix / MixUp to a float batch ``x`` (B, C, H, W) and soft ``targets`` (B, K).
 
-    Returns new tensors; ``x`` keeps its memory format.  With both probabilities 0 it returns the
-    inputs untouched (and draws nothing, so switching mixing off does not shift other streams).
+    Returns new tensors; ``x`` keeps its memory format.  Draws, in this order: the per-sample choice
+    (B,), the CutMix boxes (:func:`draw_cutmix_boxes`; only when ``cutmix_p > 0``), the MixUp
+    weights (only when ``mixup_p > 0``).  With both probabilities 0 it returns the inputs untouched
+    and draws nothing, so switching mixing off does not shift other streams.
     """
     if cfg.cutmix_p <= 0 and cfg.mixup_p <= 0:
         return x, targets
@@ -65,32 +92,25 @@ def mix_batch(x: torch.Tensor, targets: torch.Tensor, cfg: AugConfig,
     do_cut = choice < cfg.cutmix_p
     do_mix = (choice >= cfg.cutmix_p) & (choice < cfg.cutmix_p + cfg.mixup_p)
 
-    # CutMix box: area fraction 1 - lam, lam ~ Beta(a, a); centre uniform; clipped to the image.
-    lam = sample_beta(cfg.cutmix_alpha, b, generator, dev)
-    cut = torch.sqrt(1.0 - lam)
-    cy = torch.rand(b, generator=generator, device=dev) * h
-    cx = torch.rand(b, generator=generator, device=dev) * w
-    half_h = cut * h / 2
-    half_w = cut * w / 2
-    y0 = (cy - half_h).round().clamp(0, h).long()
-    y1 = (cy + half_h).round().clamp(0, h).long()
-    x0 = (cx - half_w).round().clamp(0, w).long()
-    x1 = (cx + half_w).round().clamp(0, w).long()
-    # Row and column masks are small ((B, H, 1) and (B, 1, W)); only their product is full size.
-    rows = torch.arange(h, device=dev).view(1, h, 1)
-    cols = torch.arange(w, device=dev).view(1, 1, w)
-    in_rows = (rows >= y0.view(b, 1, 1)) & (rows < y1.view(b, 1, 1)) & do_cut.view(b, 1, 1)
-    in_cols = (cols >= x0.view(b, 1, 1)) & (cols < x1.view(b, 1, 1))
-    box = (in_rows & in_cols).unsqueeze(1)                       # (B, 1, H, W)
-    area = ((y1 - y0) * (x1 - x0)).float() / (h * w)             # exact pasted fraction
-    partner_w = torch.where(do_cut, area, torch.zeros_like(area))
-
     out = x
-    if cfg.mixup_p > 0:                                          # config branch, not data
+    partner_w = torch.zeros(b, device=dev)
+    box = None
+    if cfg.cutmix_p > 0:                                         # config branches, not data
+        y0, y1, x0, x1 = draw_cutmix_boxes(cfg.cutmix_alpha, b, h, w, generator, dev)
+        # Row and column masks are small ((B, H, 1) and (B, 1, W)); only their product is full size.
+        rows = torch.arange(h, device=dev).view(1, h, 1)
+        cols = torch.arange(w, device=dev).view(1, 1, w)
+        in_rows = (rows >= y0.view(b, 1, 1)) & (rows < y1.view(b, 1, 1)) & do_cut.view(b, 1, 1)
+        in_cols = (cols >= x0.view(b, 1, 1)) & (cols < x1.view(b, 1, 1))
+        box = (in_rows & in_cols).unsqueeze(1)                   # (B, 1, H, W)
+        area = ((y1 - y0) * (x1 - x0)).float() / (h * w)         # exact pasted fraction
+        partner_w = torch.where(do_cut, area, partner_w)
+    if cfg.mixup_p > 0:
         mix_lam = sample_beta(cfg.mixup_alpha, b, generator, dev)   # weight of the sample itself
         blend = torch.where(do_mix, 1.0 - mix_lam, torch.zeros_like(mix_lam))
         out = x + (partner_x - x) * blend.view(b, 1, 1, 1)       # MixUp (blend 0 elsewhere)
         partner_w = partner_w + blend
-    out = torch.where(box, partner_x, out)                       # CutMix paste
+    if box is not None:
+        out = torch.where(box, partner_x, out)                   # CutMix paste
     t = targets * (1.0 - partner_w).unsqueeze(1) + partner_t * partner_w.unsqueeze(1)
     return out, t

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from ..bench import check_writable, parse_device
+from ..distributed import parse_device
+from ..files import check_writable
 from . import BackendUnavailable, create_augmenter
 from .config import AugConfig
 
@@ -54,7 +55,7 @@ def preview(out: str | Path, *, backends=("native",), data_root="data", n: int =
         except BackendUnavailable as exc:
             status[name] = f"missing: {exc}"
             continue
-        shown = [a.eval(images)] + [a(images, labels)[0] for _ in range(rows)]
+        shown = [a.test_transform(images)] + [a(images, labels)[0] for _ in range(rows)]
         panels.append((name, _to_grid(torch.cat(shown), mean, std, nrow=n)))
         status[name] = "ok"
     if not panels:

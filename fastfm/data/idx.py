@@ -15,20 +15,19 @@ so memory never exceeds the declared size and is bounded by what the file really
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import gzip
 import math
 import os
-import secrets
 import stat
 import struct
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+
+from ..files import atomic_writer
 
 FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -172,44 +171,6 @@ def _length_mismatch(path: Path, dims: tuple[int, ...], size: int, held: int, ex
                          f"data bytes, the file holds {held}")
     return DataError(f"{path}: length mismatch (trailing bytes): header {list(dims)} declares "
                      f"{size} data bytes, the file holds {held if exact else 'more'}")
-
-
-@contextlib.contextmanager
-def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
-    """Open a binary file that takes the name ``path`` only if the ``with`` block completes.
-
-    The data go to a hidden temporary file in the same folder (so that ``os.replace`` is an atomic
-    rename), which is fsynced and then renamed over ``path``.  On any exception (including
-    KeyboardInterrupt, and an OSError such as a full disk while writing, flushing or renaming) the
-    temporary file is removed, ``path`` is left as it was and the exception propagates unchanged,
-    even if removing the temporary file fails too.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    # os.open with mode 0o666 (not mkstemp's 0o600) so the final file gets the umask's permissions.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # Any OSError: a failed removal must not replace the error that says what went wrong.
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable; not every platform or file system can fsync a folder."""
-    with contextlib.suppress(OSError, AttributeError):
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:

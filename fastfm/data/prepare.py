@@ -45,8 +45,21 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .idx import (COUNTS, FILES, IMAGE_SIZE, NUM_CLASSES, SHAPES, DataError, atomic_writer,
-                  check_split, is_gzip, raw_dir, read_idx, write_error, write_idx)
+from ..files import atomic_writer
+from .idx import (
+    COUNTS,
+    FILES,
+    IMAGE_SIZE,
+    NUM_CLASSES,
+    SHAPES,
+    DataError,
+    check_split,
+    is_gzip,
+    raw_dir,
+    read_idx,
+    write_error,
+    write_idx,
+)
 
 log = logging.getLogger(__name__)
 

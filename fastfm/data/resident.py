@@ -24,8 +24,6 @@ from pathlib import Path
 
 import torch
 
-from ..augment.base import normalise
-
 SEED_STRIDE = 1_000_003  # (seed, epoch) -> one generator seed; a prime keeps nearby pairs apart
 
 
@@ -83,30 +81,21 @@ class ResidentData:
 class EpochLoader:
     """Iterates one rank's shard of a :class:`ResidentData` in batches.
 
-    Yields ``(images, labels)``: uint8 (B, 1, 28, 28) for an augmentation stage, or, with
-    ``output="float"``, float32 normalised with ``mean``/``std`` (channels_last when asked).
-    Call :meth:`set_epoch` before iterating each epoch (as with ``DistributedSampler``).
+    Yields ``(images, labels)``: uint8 (B, 1, 28, 28) and int64 (B,) on the data's device, for an
+    augmentation stage (which converts, normalises and lays out the pixels).  Call :meth:`set_epoch` before iterating each epoch (as with ``DistributedSampler``).
     """
 
     def __init__(self, data: ResidentData, batch_size: int, *, rank: int = 0, world_size: int = 1,
-                 seed: int = 0, shuffle: bool = True, drop_last: bool = True, even: bool = True,
-                 output: str = "uint8", mean: float | None = None, std: float | None = None,
-                 channels_last: bool = False):
+                 seed: int = 0, shuffle: bool = True, drop_last: bool = True, even: bool = True):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
-        if output not in ("uint8", "float"):
-            raise ValueError(f"output must be 'uint8' or 'float', got {output!r}")
-        if output == "float" and (mean is None or std is None):
-            raise ValueError("output='float' needs mean and std")
         self.data = data
         self.batch_size = batch_size
         self.rank, self.world_size = rank, world_size
         self.seed, self.shuffle = seed, shuffle
         self.drop_last, self.even = drop_last, even
-        self.output, self.mean, self.std = output, mean, std
-        self.channels_last = channels_last
         self.epoch = 0
         n = len(data)
         if even:
@@ -151,8 +140,4 @@ class EpochLoader:
             sel = idx[step * b:(step + 1) * b]
             images = self.data.images.index_select(0, sel)
             labels = self.data.labels.index_select(0, sel)
-            if self.output == "float":
-                images = normalise(images, self.mean, self.std)
-                if self.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
             yield images, labels

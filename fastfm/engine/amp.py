@@ -1,17 +1,18 @@
-"""Precision set-up, done once per run: an autocast context and a scaler object (timm's split).
+"""Precision set-up, done once per run: an autocast context and a gradient-update object (timm's
+split of autocast and scaler).
 
 * :func:`resolve_precision`: ``auto`` -> bf16 on a CUDA device that supports it, fp16 on an older
   one, fp32 on the CPU.
 * :class:`Precision`: ``precision.autocast()`` is the forward pass's context (a no-op for fp32).
-* :func:`create_scaler`: the object that owns backward, unscale, gradient clipping, the optimizer
-  step and zeroing the gradients.  The training step calls ``scaler(loss, optimizer)`` whatever the
-  precision; only the object differs.
+* :func:`create_gradient_update`: the object that owns backward, (loss scaling and unscaling,)
+  gradient clipping, the optimizer step and zeroing the gradients.  The training step calls
+  ``update(loss, optimizer)`` whatever the precision; only the object differs.
 
 Skipped steps.  A :class:`GradScaler` skips the optimizer step when a gradient is inf/NaN.  The
-scaler object counts skipped steps on the device (``scaler.skipped``) without a host sync: after
+update object counts skipped steps on the device (``update.skipped``) without a host sync: after
 ``update()`` the scale has shrunk exactly when the step was skipped (backoff < 1), so comparing the
 scale before and after is a device-side test.  The trainer reads the count at its periodic refresh
-and takes skipped steps out of the learning-rate schedule (:mod:`fastfm.engine.train`).
+and takes skipped steps out of the learning-rate schedule (:mod:`fastfm.engine.run`).
 
 Host syncs.  bf16/fp32 steps need none.  On the fp16 path, torch's ``GradScaler.step`` reads
 ``found_inf`` on the host (one ``.item()`` per step) unless the optimizer is fused (Adam, AdamW, SGD
@@ -51,7 +52,7 @@ class Precision:
             self.autocast = functools.partial(torch.autocast, device_type=device.type, dtype=self.dtype)
 
 
-class PlainScaler:
+class GradientUpdate:
     """fp32/bf16 update: ``backward``, optional clipping, ``step``, ``zero_grad``; never skips.
 
     ``skipped``: device count of skipped steps; ``last_skipped``: device bool, whether the latest
@@ -78,7 +79,7 @@ class PlainScaler:
         self.skipped.copy_(state["skipped"])
 
 
-class GradScalerStep(PlainScaler):
+class ScaledGradientUpdate(GradientUpdate):
     """Loss-scaled update with ``torch.amp.GradScaler``: skips (and counts) steps with inf/NaN grads.
 
     fp16 uses the usual dynamic scale (2**16 to start).  With ``init_scale=1`` and no growth it is
@@ -146,14 +147,14 @@ class NoGuard:
         pass
 
 
-def create_scaler(precision: Precision, parameters: Iterable[torch.Tensor], clip_grad: float,
-                  device: torch.device, skip_nonfinite: bool) -> PlainScaler:
+def create_gradient_update(precision: Precision, parameters: Iterable[torch.Tensor], clip_grad: float,
+                  device: torch.device, skip_nonfinite: bool) -> GradientUpdate:
     """fp16 -> dynamic loss scaling; fp32/bf16 -> plain, or scale-1 skipping when ``skip_nonfinite``."""
     if precision.name == "fp16":
-        return GradScalerStep(parameters, clip_grad, device)
+        return ScaledGradientUpdate(parameters, clip_grad, device)
     if skip_nonfinite:
-        return GradScalerStep(parameters, clip_grad, device, init_scale=1.0, growth_interval=2 ** 30)
-    return PlainScaler(parameters, clip_grad, device)
+        return ScaledGradientUpdate(parameters, clip_grad, device, init_scale=1.0, growth_interval=2 ** 30)
+    return GradientUpdate(parameters, clip_grad, device)
 
 
 def create_buffer_guard(model: torch.nn.Module, skip_nonfinite: bool) -> BufferGuard | NoGuard:

@@ -7,7 +7,7 @@ all-reduce, so accuracy under DDP is exactly the single-process figure.  Call it
 model (not the DDP wrapper, whose forward would broadcast buffers and expect a backward).
 
 TTA: every view is a deterministic transform of the uint8 batch followed by the augmenter's own
-test transform (``augmenter.eval``: resize, centre crop, normalise); the views' softmax
+test transform (``augmenter.test_transform``: resize, centre crop, normalise); the views' softmax
 probabilities are averaged.  Views: the image itself, its horizontal flip (``tta_flip``), and the
 image shifted by ``(+-s, +-s)`` pixels with zero fill (``tta_shift = s``; zero is the background of
 Fashion-MNIST), i.e. the four corner crops of the zero-padded image.  With both: 10 views.
@@ -24,14 +24,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..augment import create_augmenter
-from ..bench import parse_device
 from ..config import Config, ConfigError
 from ..data.resident import EpochLoader, ResidentData
-from ..distributed import DistInfo, all_reduce_sum, init_distributed
-from ..models import create_model
+from ..distributed import DistInfo, all_reduce_sum, init_distributed, parse_device
+from ..models import create_model, to_device
 from ..models.factory import nonfinite_tensors, state_dict_misfit
 from .amp import Precision, resolve_precision
-from .checkpoint import CheckpointError, load_checkpoint
+from .state import CheckpointError, load_checkpoint
 
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -122,7 +121,7 @@ def evaluate(model: nn.Module, loader, views: list[View], autocast: Callable, nu
 def eval_loader(data: ResidentData, batch_size: int, info: DistInfo) -> EpochLoader:
     """This rank's exact shard of ``data`` for evaluation: in order, nothing dropped."""
     return EpochLoader(data, batch_size, rank=info.rank, world_size=info.world_size,
-                       shuffle=False, drop_last=False, even=False, output="uint8")
+                       shuffle=False, drop_last=False, even=False)
 
 
 def evaluate_checkpoint(path: str, *, tta: bool = False, weights: str = "auto", device: str = "auto",
@@ -149,18 +148,17 @@ def evaluate_checkpoint(path: str, *, tta: bool = False, weights: str = "auto", 
     cfg, model, weights = _model_from_checkpoint(path, state, weights)
     norm = _norm(path, state)
     info = init_distributed(device)
-    fmt = torch.channels_last if cfg.aug.channels_last else torch.contiguous_format
-    model.to(info.device, memory_format=fmt)
+    to_device(model, cfg, info.device)
     augmenter = create_augmenter(cfg.aug, info.device, seed=0, mean=norm["mean"], std=norm["std"])
     test = ResidentData.load(data_root or cfg.data.root, "test", info.device, cfg.data.test_limit or None)
     loader = eval_loader(test, cfg.eval.batch_size if batch_size is None else batch_size, info)
     autocast = Precision(resolve_precision(cfg.train.precision, info.device), info.device).autocast
     k = cfg.aug.num_classes
-    plain = evaluate(model, loader, [augmenter.eval], autocast, k)
+    plain = evaluate(model, loader, [augmenter.test_transform], autocast, k)
     out = {"weights": weights, "test_loss": plain.loss, "test_acc": plain.acc,
            "per_class_acc": plain.per_class()}
     if tta:
-        views = tta_views(augmenter.eval, cfg.eval.tta_flip, cfg.eval.tta_shift)
+        views = tta_views(augmenter.test_transform, cfg.eval.tta_flip, cfg.eval.tta_shift)
         res = evaluate(model, loader, views, autocast, k)
         out.update(test_loss_tta=res.loss, test_acc_tta=res.acc, tta_views=len(views))
     return out

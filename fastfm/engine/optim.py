@@ -23,7 +23,9 @@ def create_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) -
     is used for adam/adamw/sgd on CUDA when ``cfg.fused``.  NVIDIA apex is deliberately not used:
     torch >= 2.11 has fused Adam/AdamW/SGD built in, and apex has no RAdam to fuse Ranger with.
     """
-    from timm.optim import create_optimizer_v2  # timm is slow to import: only when building
+    from timm.optim import (
+        create_optimizer_v2,  # timm is slow to import: only when building
+    )
 
     kwargs = {}
     if cfg.name in ("adam", "adamw", "ranger"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..data.idx import atomic_writer
+from ..files import atomic_writer
 
 
 def _figure(width: float, height: float):

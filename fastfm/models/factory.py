@@ -52,6 +52,13 @@ def create_model(cfg: Config) -> nn.Module:
     return _create_timm(cfg, weights)
 
 
+def to_device(model: nn.Module, cfg: Config, device: torch.device) -> nn.Module:
+    """``model`` on ``device`` in the run's memory format (channels_last when ``cfg.aug.channels_last``,
+    the layout the augmenters deliver), as training and evaluation both need it."""
+    fmt = torch.channels_last if cfg.aug.channels_last else torch.contiguous_format
+    return model.to(device, memory_format=fmt)
+
+
 def _create_timm(cfg: Config, weights: Path | None) -> nn.Module:
     import timm  # imported here: timm is slow to import and WRN runs do not need it
 

@@ -1,4 +1,5 @@
-"""The run folder and what is written into it: ownership, a lock, atomic checkpoints, metrics.
+"""Run state: the run folder and what is written into it (ownership, a lock, atomic checkpoints,
+metrics), where a run is (:class:`Progress`), and the rules of resuming.
 
 ``runs/<name>/``::
 
@@ -38,11 +39,12 @@ import io
 import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..data.idx import atomic_writer
+from ..files import atomic_writer
 
 CHECKPOINT_VERSION = 1
 MARKER = ".fastfm-run"
@@ -52,6 +54,30 @@ ARTIFACTS = ("config.yaml", "metrics.jsonl", "summary.json", "last.pt", "best.pt
              "confusion.png")
 # atomic_writer's temporary names: ".<final name>.<pid>.<8 hex digits>.tmp".
 _TEMP = re.compile(r"\.(?:%s)\.\d+\.[0-9a-f]{8}\.tmp" % "|".join(re.escape(a) for a in ARTIFACTS))
+
+
+# Keys that may differ between a run and its resumption without a warning.
+RESUME_FREE_KEYS = ("train.resume", "train.progress", "train.log_every", "train.checkpoint_every_min",
+                    "train.dist_timeout_s", "train.device", "data.root", "model.pretrained")
+# Keys a resumption cannot follow: they shape the weights, the optimizer and gradient-update state,
+# or the steps of an epoch.  Resuming with any of them changed is refused, naming them.
+RESUME_FIXED = ("model.", "aug.channels", "aug.num_classes", "optim.name", "train.batch_size",
+                "train.precision", "train.on_nonfinite", "data.train_limit", "ema.enabled")
+
+
+@dataclass
+class Progress:
+    """Where the run is; saved in ``last.pt`` (and in ``best.pt``, whose best_* it describes)."""
+
+    epoch: int = 0            # epochs completed
+    epoch_step: int = 0       # batches done in epoch ``epoch`` (mid-epoch checkpoints)
+    step: int = 0             # optimizer steps taken, skipped ones included
+    skipped: int = 0          # steps skipped for a non-finite loss or gradient, as of the last refresh
+    loss_sum: float = 0.0     # the epoch's accumulators at a mid-epoch checkpoint (all ranks)
+    finite: int = 0
+    best_acc: float = -1.0    # best test accuracy of the final weights (EMA when kept)
+    best_epoch: int = 0
+    wall_time: float = 0.0    # seconds of training and evaluation, summed over resumptions
 
 
 class RunFolderError(Exception):
@@ -258,3 +284,57 @@ def writing(path: Path):
         yield
     except OSError as e:
         raise _write_failed(path, e) from None
+
+
+# ---------------------------------------------------------------------- resuming
+
+
+def resume_changes(now: dict, saved: dict, path: Path) -> list[str]:
+    """The config changes between a checkpoint's config (``saved``) and this run's (``now``), as
+    ``key: old -> new`` strings, for a warning; raises :class:`ConfigError`-like
+    :class:`CheckpointError` when a key of :data:`RESUME_FIXED` changed."""
+    now, before = _flatten(now), _flatten(saved)
+    changed = [k for k in now if now[k] != before.get(k) and k not in RESUME_FREE_KEYS]
+    fixed = [k for k in changed if k.startswith(RESUME_FIXED)]
+    describe = [f"{k}: {before.get(k)!r} -> {now[k]!r}" for k in changed]
+    if fixed:
+        raise ResumeRefused(f"cannot resume {path} with a changed "
+                            f"{', '.join(d for k, d in zip(changed, describe) if k in fixed)}: the "
+                            f"checkpoint cannot follow that change; restore the value(s), or start a new "
+                            f"run (--name)")
+    return describe
+
+
+class ResumeRefused(CheckpointError):
+    """The run's config changed in a key that the checkpoint cannot follow."""
+
+
+def best_so_far(best: Path) -> tuple[float, int]:
+    """(accuracy, epoch) that ``best.pt`` holds, or (-1, 0) without one.  After a crash between the
+    two writes ``best.pt`` may be an epoch ahead of ``last.pt``: what it holds is the truth."""
+    if not best.is_file():
+        return -1.0, 0
+    saved = load_checkpoint(best).get("progress") or {}
+    return saved.get("best_acc", -1.0), saved.get("best_epoch", 0)
+
+
+def trim_metrics(path: Path, epochs_done: int, warn) -> None:
+    """Drop records of epochs after the checkpoint (written before a crash, redone on resume) and a
+    partial last line (a crash in the middle of an append)."""
+    if not path.exists():
+        return
+    records = read_jsonl(path, warn)
+    kept = [r for r in records if r["epoch"] <= epochs_done]
+    text = "".join(json.dumps(r) + "\n" for r in kept)
+    if text != path.read_text(errors="replace"):
+        write_text(path, text)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

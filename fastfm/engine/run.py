@@ -1,13 +1,15 @@
-"""Training: :func:`fit` builds everything once, then alternates training epochs and evaluation.
+"""A training run: :func:`train` checks and builds everything once (:class:`Run`), then alternates
+training epochs and evaluation.
 
-Set-up order, once, outside the step: resident data -> model (channels_last, SyncBatchNorm) -> EMA
--> optimizer -> schedule -> precision (autocast + scaler) -> ``torch.compile`` -> DDP wrap ->
-augmenter.  :class:`TrainStep` then runs the same code whatever was chosen.
+Set-up order, once: config -> device and process group -> resident data (and the batch size against
+it) -> the hot path (:func:`~fastfm.engine.step.build_hot_path`: model, EMA, optimizer, schedule,
+gradient update, ``torch.compile``, DDP wrap, augmenter, loader) -> the run folder -> resume.
+``HotPath.iteration`` then runs the same code whatever was chosen.
 
 Host synchronisation.  Inside an epoch the host waits for the device only at a *refresh*: every
 ``train.log_every`` steps and at the epoch's last step.  Per step, the loss, the number of finite
-losses and the first step with a non-finite loss go into device accumulators (:class:`StepStats`)
-and the scaler counts skipped steps on the device.  A refresh reads them all in one transfer (after
+losses and the first step with a non-finite loss go into device accumulators
+(:class:`~fastfm.engine.step.StepStats`) and the gradient update counts skipped steps on the device.  A refresh reads them all in one transfer (after
 one all-reduce under DDP), updates the progress bar, stops the run on a non-finite loss (naming the
 step), takes skipped steps out of the schedule and acts on a pending SIGTERM.
 
@@ -20,14 +22,15 @@ A window of ``train.skip_window`` steps (an epoch's end also closes one) in whic
 every step is skipped is dead, not training.  An epoch without a finite loss reports its train loss as
 missing (``null``), never as 0.
 
-Resume.  ``last.pt`` holds the model, optimizer, scaler, EMA, the epoch, the step within the epoch,
+Resume.  ``last.pt`` holds the model, optimizer, gradient-update state, EMA, the epoch, the step within the epoch,
 the global step and, for every rank, the torch CPU/CUDA generator states and the augmenter's state.
 The data order is a function of (seed, epoch), so a resumed run skips the batches already done and
 continues bit for bit (on the CPU; on CUDA with ``train.deterministic``).  ``last.pt`` is written at
 every epoch end, every ``train.checkpoint_every_min`` minutes (at a refresh), and on SIGTERM or
 SIGINT at the next refresh: the refresh's all-reduce makes every rank see the request (and rank 0's
 clock) at the same step, so all ranks stop or save together.  Exact resume needs the same world size
-and the same shape-defining config (:data:`RESUME_FIXED`; a change there is refused, naming the keys).
+and the same shape-defining config (:data:`~fastfm.engine.state.RESUME_FIXED`; a change there is
+refused, naming the keys).
 
 Consistency of ``best.pt`` and ``last.pt``: at an improved evaluation ``best.pt`` is written first,
 then ``last.pt``.  A crash between them leaves ``best.pt`` one epoch ahead; a resumed run takes the
@@ -35,7 +38,7 @@ best accuracy and epoch from ``best.pt`` itself, so ``summary.json`` always name
 holds, whatever the crash point.
 
 Set-up checks everything it can (config, device, data, batch size against the data, model) before
-the run folder is opened (:class:`~fastfm.engine.checkpoint.RunFolder`: marker, lock, cleaning).
+the run folder is opened (:class:`~fastfm.engine.state.RunFolder`: marker, lock, cleaning).
 
 CPU multi-process runs (gloo, for tests) have no SyncBatchNorm: each rank's BatchNorm running
 statistics then differ slightly, and per-epoch test figures come from per-rank statistics.
@@ -44,7 +47,6 @@ statistics then differ slightly, and per-epoch test figures come from per-rank s
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import signal
 import statistics
@@ -54,32 +56,39 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ..augment import BackendUnavailable, create_augmenter
-from ..bench import device_name, git_revision
 from ..config import Config, ConfigError
-from ..data.idx import DataError
-from ..data.resident import EpochLoader, ResidentData
-from ..distributed import (DistInfo, RankFailure, all_reduce_sum, broadcast_object, cleanup,
-                           convert_sync_bn, init_distributed, rank_failure, wrap_ddp)
-from ..models import create_model
-from .amp import NoGuard, Precision, create_buffer_guard, create_scaler, resolve_precision
-from .checkpoint import (CheckpointError, RunFolder, RunFolderError, append_jsonl, load_checkpoint,
-                         read_jsonl, save_checkpoint, write_json, write_text, writing)
+from ..data.resident import ResidentData
+from ..distributed import (
+    DistInfo,
+    all_reduce_sum,
+    broadcast_object,
+    cleanup,
+    init_distributed,
+    rank_failure,
+)
+from ..runinfo import device_name, git_revision
 from .evaluate import CLASSES, EvalResult, eval_loader, evaluate, tta_views
-from .optim import WarmupCosine, create_optimizer
 from .plots import plot_confusion, plot_curves
-
-# Keys that may differ between a run and its resumption without a warning.
-RESUME_FREE_KEYS = ("train.resume", "train.progress", "train.log_every", "train.checkpoint_every_min",
-                    "train.dist_timeout_s", "train.device", "data.root", "model.pretrained")
-# Keys a resumption cannot follow: they shape the weights, the optimizer and scaler state, or the
-# steps of an epoch.  Resuming with any of them changed is refused, naming them.
-RESUME_FIXED = ("model.", "aug.channels", "aug.num_classes", "optim.name", "train.batch_size",
-                "train.precision", "train.on_nonfinite", "data.train_limit", "ema.enabled")
+from .state import (
+    CheckpointError,
+    Progress,
+    RunFolder,
+    RunFolderError,
+    append_jsonl,
+    best_so_far,
+    load_checkpoint,
+    read_jsonl,
+    resume_changes,
+    save_checkpoint,
+    trim_metrics,
+    write_json,
+    write_text,
+    writing,
+)
+from .step import StepStats, build_hot_path
 
 
 class Interrupted(Exception):
@@ -95,22 +104,6 @@ class Interrupted(Exception):
 
 class NonFiniteLoss(RuntimeError):
     """A NaN or infinite training loss under ``train.on_nonfinite: stop``."""
-
-
-# Errors the user can act on (configuration, run folder, data, checkpoint, divergence): the scripts
-# print them as "error: ..." without a traceback and exit with status 2.
-USER_ERRORS = (ConfigError, RunFolderError, CheckpointError, DataError, BackendUnavailable, NonFiniteLoss)
-# A failed collective (a frozen or lost rank): "error: ..." too, but status 1: the run failed, the
-# command was right (torchrun --max-restarts restarts on any non-zero status).
-RUN_FAILURES = (RankFailure,)
-
-
-def error_line(e: Exception) -> str:
-    """``error: <message>``; under torchrun every rank reports, so the rank is named (one node may
-    lack the data while the others have it)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        return f"error: rank {os.environ.get('RANK', '?')}: {e}"
-    return f"error: {e}"
 
 
 class StopSignal:
@@ -156,52 +149,6 @@ class StopSignal:
         self._previous = {}
 
 
-class TrainStep:
-    """One optimisation step, built once; the same code for every precision, compile and DDP set-up.
-
-    ``step(x, targets) -> loss``: ``x`` float (B, C, S, S), ``targets`` float (B, K) soft targets
-    (rows sum to 1).  Returns the batch's mean soft-target cross-entropy (label smoothing applied to
-    the soft targets) as a detached 0-d float32 tensor on the device; never syncs.  The scaler does
-    backward, (unscale, clip,) optimizer step and zero_grad; the guard undoes a skipped step's
-    BatchNorm statistics (a no-op object unless steps may be skipped on purpose).
-    """
-
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, precision: Precision,
-                 scaler, label_smoothing: float, guard=None):
-        self.model = model
-        self.optimizer = optimizer
-        self.autocast = precision.autocast
-        self.scaler = scaler
-        self.label_smoothing = label_smoothing
-        self.guard = guard or NoGuard()
-
-    def __call__(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        self.guard.save()
-        with self.autocast():
-            logits = self.model(x)
-        loss = F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)
-        self.scaler(loss, self.optimizer)
-        self.guard.restore_if(self.scaler.last_skipped)
-        return loss.detach()
-
-
-class StepStats:
-    """Device-side accumulators of one epoch, updated every step without a host sync."""
-
-    def __init__(self, device: torch.device, step: int, loss_sum: float = 0.0, finite: int = 0):
-        self.loss_sum = torch.tensor(loss_sum, dtype=torch.float32, device=device)
-        self.finite = torch.tensor(finite, dtype=torch.int64, device=device)
-        self.first_bad = torch.tensor(-1, dtype=torch.int64, device=device)   # global step index
-        self.step = torch.tensor(step, dtype=torch.int64, device=device)
-
-    def update(self, loss: torch.Tensor) -> None:
-        ok = torch.isfinite(loss)
-        self.loss_sum += torch.where(ok, loss, torch.zeros_like(loss))
-        self.finite += ok
-        self.first_bad = torch.where((self.first_bad < 0) & ~ok, self.step, self.first_bad)
-        self.step += 1
-
-
 @dataclass
 class Snapshot:
     """What a refresh reads: epoch sums over all ranks, the run's skip count, pending requests."""
@@ -214,7 +161,7 @@ class Snapshot:
     save: bool       # rank 0's clock says a periodic checkpoint is due
 
 
-def read_stats(stats: StepStats, scaler, stop: StopSignal, info: DistInfo, save_due: bool) -> Snapshot:
+def read_stats(stats: StepStats, update, stop: StopSignal, info: DistInfo, save_due: bool) -> Snapshot:
     """One all-reduce and one device->host transfer: the only sync of a refresh.
 
     Slot ``r`` carries rank r's first non-finite step (+1, 0 = none) so that every rank learns the
@@ -226,7 +173,7 @@ def read_stats(stats: StepStats, scaler, stop: StopSignal, info: DistInfo, save_
     v[info.rank] = stats.first_bad + 1
     v[w] = stats.loss_sum
     v[w + 1] = stats.finite
-    v[w + 2] = scaler.skipped          # equal on every rank (the gradients are all-reduced)
+    v[w + 2] = update.skipped          # equal on every rank (the gradients are all-reduced)
     v[w + 3] = float(stop.is_set())
     v[w + 4] = float(save_due and info.is_primary)
     values = all_reduce_sum(v).tolist()
@@ -235,79 +182,9 @@ def read_stats(stats: StepStats, scaler, stop: StopSignal, info: DistInfo, save_
                     skipped=round(values[w + 2] / w), stop=values[w + 3] > 0, save=values[w + 4] > 0)
 
 
-@dataclass
-class Progress:
-    """Where the run is; saved in ``last.pt``."""
-
-    epoch: int = 0            # epochs completed
-    epoch_step: int = 0       # batches done in epoch ``epoch`` (mid-epoch checkpoints)
-    step: int = 0             # optimizer steps taken, skipped ones included
-    skipped: int = 0          # steps the scaler skipped, as of the last refresh
-    loss_sum: float = 0.0     # the epoch's accumulators at a mid-epoch checkpoint (all ranks)
-    finite: int = 0
-    best_acc: float = -1.0    # best test accuracy of the final weights (EMA when kept)
-    best_epoch: int = 0
-    wall_time: float = 0.0    # seconds of training and evaluation, summed over resumptions
-
-
-@dataclass
-class Training:
-    """The objects of the training step, made once by :func:`build_training`."""
-
-    cfg: Config
-    device: torch.device
-    model: nn.Module                # unwrapped and uncompiled: checkpoints, EMA and evaluation use it
-    ema: nn.Module | None
-    optimizer: torch.optim.Optimizer
-    precision: Precision
-    scaler: object                  # PlainScaler | GradScalerStep (engine/amp.py)
-    step: TrainStep                 # wraps the compiled, DDP-wrapped model
-    schedule: WarmupCosine
-
-    def iteration(self, augmenter, stats: "StepStats", images: torch.Tensor, labels: torch.Tensor,
-                  step: int, schedule_step: int) -> float:
-        """One iteration of the hot path, as the trainer runs it and the benchmarks time it:
-        learning rate for ``schedule_step``, augmentation, the step, device-side loss statistics,
-        the EMA update.  Returns the learning rate; never syncs."""
-        lr = self.schedule.apply(self.optimizer, schedule_step)
-        x, targets = augmenter(images, labels)
-        stats.update(self.step(x, targets))
-        if self.ema is not None:
-            self.ema.update(self.model, step=step)
-        return lr
-
-
-def build_training(cfg: Config, info: DistInfo, steps_per_epoch: int) -> Training:
-    """Model, EMA, optimizer, precision, scaler, schedule and step, in the one order every caller
-    (the trainer, the benchmarks) uses: backend flags, seeded weights (the same on every rank),
-    channels_last, SyncBatchNorm, EMA, optimizer, scaler, ``torch.compile``, DDP wrap."""
-    device, tc = info.device, cfg.train
-    precision = Precision(resolve_precision(tc.precision, device), device)
-    if precision.name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError("train.precision: bf16 is not supported by this GPU; use fp16 or auto")
-    set_backends(tc.deterministic, device)
-    torch.manual_seed(tc.seed)          # the same initial weights on every rank
-    model = create_model(cfg)
-    fmt = torch.channels_last if cfg.aug.channels_last else torch.contiguous_format
-    model.to(device, memory_format=fmt)
-    model = convert_sync_bn(model, info, tc.sync_bn)
-    ema = None
-    if cfg.ema.enabled:
-        from timm.utils import ModelEmaV3
-
-        ema = ModelEmaV3(model, decay=cfg.ema.decay, use_warmup=cfg.ema.warmup)
-    optimizer = create_optimizer(model, cfg.optim, device)
-    schedule = WarmupCosine.from_config(cfg.optim.lr, cfg.sched, tc.epochs, steps_per_epoch)
-    skip = tc.on_nonfinite == "skip"
-    scaler = create_scaler(precision, model.parameters(), cfg.optim.clip_grad, device, skip)
-    net = torch.compile(model) if tc.compile else model
-    step = TrainStep(wrap_ddp(net, info), optimizer, precision, scaler, tc.label_smoothing,
-                     create_buffer_guard(model, skip))
-    return Training(cfg, device, model, ema, optimizer, precision, scaler, step, schedule)
-
-
-class Trainer:
-    """Everything a run needs, built once (see the module docstring for the order).
+class Run:
+    """A training run: the data, the hot path (:class:`~fastfm.engine.step.HotPath`), the epoch
+    loop, evaluation, checkpoints and the final summary.
 
     Construction touches no file but the data: the run folder is given later (:meth:`attach`), once
     everything that can fail on the configuration or the data has been checked.
@@ -330,17 +207,11 @@ class Trainer:
                               f"images{' with data.train_limit' if limit else ''}): not one full batch "
                               f"per epoch; lower train.batch_size")
         self.mean, self.std = self.train_data.pixel_stats()
-        self.loader = EpochLoader(self.train_data, tc.batch_size // info.world_size, rank=info.rank,
-                                  world_size=info.world_size, seed=tc.seed, shuffle=True,
-                                  drop_last=True, even=True, output="uint8")
         self.test_loader = eval_loader(self.test_data, cfg.eval.batch_size, info)
-        self.training = t = build_training(cfg, info, len(self.loader))
-        self.model, self.ema, self.optimizer = t.model, t.ema, t.optimizer
-        self.precision, self.scaler, self.step, self.schedule = t.precision, t.scaler, t.step, t.schedule
-
-        # Per-rank random streams (dropout, augmentation); the data order is shared by all ranks.
-        torch.manual_seed(tc.seed + info.rank)
-        self.augmenter = create_augmenter(cfg.aug, device, seed=tc.seed + info.rank, mean=self.mean, std=self.std)
+        self.hot = hot = build_hot_path(cfg, info, self.train_data, self.mean, self.std)
+        # The run's own references to the hot path's objects it checkpoints and evaluates.
+        self.loader, self.augmenter, self.model, self.ema = hot.loader, hot.augmenter, hot.model, hot.ema
+        self.optimizer, self.update, self.precision = hot.optimizer, hot.update, hot.precision
         self.progress = Progress()
         self.wall_base, self.t_start = 0.0, time.perf_counter()
         self.last_saved = self.t_start          # for train.checkpoint_every_min (rank 0's clock)
@@ -378,7 +249,7 @@ class Trainer:
         if self.info.is_primary:
             self.progress.wall_time = self.wall()
             save_checkpoint({**self._weights(), "optimizer": self.optimizer.state_dict(),
-                             "scaler": self.scaler.state_dict(), "progress": asdict(self.progress),
+                             "update": self.update.state_dict(), "progress": asdict(self.progress),
                              "rank_states": ranks}, self.run_dir / "last.pt")
         self.last_saved = time.perf_counter()
 
@@ -394,22 +265,24 @@ class Trainer:
         part); both before any state is changed.
         """
         state = load_checkpoint(path)     # on the CPU: load_state_dict copies to the right devices
-        missing = [k for k in ("model", "optimizer", "scaler", "progress", "rank_states") if k not in state]
+        missing = [k for k in ("model", "optimizer", "update", "progress", "rank_states") if k not in state]
         if missing:
             raise CheckpointError(f"{path}: not a resumable checkpoint (no {', '.join(missing)}); "
                                   f"best.pt is for evaluation, last.pt for resuming")
-        self._check_config_changes(state["config"], path)
+        changes = resume_changes(self.cfg.to_dict(), state["config"], path)
+        if changes:
+            self._log("warning: resuming with a changed config: " + ", ".join(changes))
         try:
             self.model.load_state_dict(state["model"])
             if self.ema is not None:
                 self.ema.module.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
-            self.scaler.load_state_dict(state["scaler"])
+            self.update.load_state_dict(state["update"])
             self.progress = Progress(**state["progress"])
         except (RuntimeError, KeyError, ValueError, TypeError) as e:
             first = str(e).strip().splitlines()[0][:300]
             raise CheckpointError(f"{path}: does not fit this run's model or optimizer ({first})") from None
-        self._take_best(path.with_name("best.pt"))
+        self.progress.best_acc, self.progress.best_epoch = best_so_far(path.with_name("best.pt"))
         if not self.info.is_primary:          # the saved epoch sums are all ranks' together
             self.progress.loss_sum, self.progress.finite = 0.0, 0
         self.wall_base, self.t_start = self.progress.wall_time, time.perf_counter()
@@ -424,30 +297,9 @@ class Trainer:
             self._log(f"warning: {path} was written by {len(ranks)} rank(s), this run has "
                       f"{self.info.world_size}: random streams restart, the resumption is not exact")
         if self.info.is_primary:
-            _trim_metrics(self.run_dir / "metrics.jsonl", self.progress.epoch, self._log)
+            trim_metrics(self.run_dir / "metrics.jsonl", self.progress.epoch, self._log)
         self._log(f"resumed from {path}: epoch {self.progress.epoch + 1}, "
                   f"batch {self.progress.epoch_step} of {len(self.loader)}")
-
-    def _take_best(self, best: Path) -> None:
-        """The best accuracy so far is what ``best.pt`` holds (it may be an epoch ahead of
-        ``last.pt`` after a crash between the two writes); none when it is missing."""
-        self.progress.best_acc, self.progress.best_epoch = -1.0, 0
-        if best.is_file():
-            saved = load_checkpoint(best).get("progress") or {}
-            self.progress.best_acc = saved.get("best_acc", -1.0)
-            self.progress.best_epoch = saved.get("best_epoch", 0)
-
-    def _check_config_changes(self, saved: dict, path: Path) -> None:
-        now, before = _flatten(self.cfg.to_dict()), _flatten(saved)
-        changed = [k for k in now if now[k] != before.get(k) and k not in RESUME_FREE_KEYS]
-        fixed = [k for k in changed if k.startswith(RESUME_FIXED)]
-        describe = lambda keys: ", ".join(f"{k}: {before.get(k)!r} -> {now[k]!r}" for k in keys)  # noqa: E731
-        if fixed:
-            raise ConfigError(f"cannot resume {path} with a changed {describe(fixed)}: the checkpoint "
-                              f"cannot follow that change; restore the value(s), or start a new run "
-                              f"(--name)")
-        if changed:
-            self._log("warning: resuming with a changed config: " + describe(changed))
 
     def _log(self, msg: str) -> None:
         if self.info.is_primary:
@@ -465,7 +317,8 @@ class Trainer:
         cfg, p, info = self.cfg, self.progress, self.info
         n, start = len(self.loader), p.epoch_step
         global_batch = self.loader.batch_size * info.world_size
-        stats = StepStats(info.device, p.step, p.loss_sum, p.finite)
+        stats = self.hot.stats
+        stats.reset(p.step, p.loss_sum, p.finite)
         self.loader.set_epoch(epoch)
         self.model.train()
         bar = tqdm(total=n, initial=start, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
@@ -477,13 +330,12 @@ class Trainer:
         every_s = 60.0 * cfg.train.checkpoint_every_min
         with bar:
             for i, (images, labels) in enumerate(itertools.islice(self.loader, start, None), start):
-                lr = self.training.iteration(self.augmenter, stats, images, labels, p.step,
-                                             p.step - p.skipped)
+                lr = self.hot.iteration(images, labels, p.step, p.step - p.skipped)
                 p.step += 1
                 if (i + 1) % cfg.train.log_every and i + 1 < n:
                     continue
                 now = time.perf_counter()
-                snap = read_stats(stats, self.scaler, self.stop, info,
+                snap = read_stats(stats, self.update, self.stop, info,
                                   save_due=every_s > 0 and now - self.last_saved >= every_s)
                 if snap.first_bad is not None and cfg.train.on_nonfinite == "stop":
                     first_of_epoch = p.step - (i + 1)
@@ -526,8 +378,8 @@ class Trainer:
     def evaluate(self) -> dict:
         """Test loss and accuracy of the model (and the EMA), plain; keeps the results for the end."""
         k, autocast = self.cfg.aug.num_classes, self.precision.autocast
-        res = evaluate(self.model, self.test_loader, [self.augmenter.eval], autocast, k)
-        ema = (evaluate(self.ema.module, self.test_loader, [self.augmenter.eval], autocast, k)
+        res = evaluate(self.model, self.test_loader, [self.augmenter.test_transform], autocast, k)
+        ema = (evaluate(self.ema.module, self.test_loader, [self.augmenter.test_transform], autocast, k)
                if self.ema is not None else None)
         self.last_eval = (res, ema)
         out = {"test_loss": res.loss, "test_acc": res.acc}
@@ -535,7 +387,7 @@ class Trainer:
             out.update(test_loss_ema=ema.loss, test_acc_ema=ema.acc)
         return out
 
-    def fit(self) -> dict:
+    def train_epochs(self) -> dict:
         """Train the remaining epochs, then the final evaluation; returns the summary (all ranks)."""
         cfg, p = self.cfg, self.progress
         epochs, every = cfg.train.epochs, cfg.eval.every
@@ -573,7 +425,7 @@ class Trainer:
         final = ema if ema is not None else res
         summary = {"test_acc": final.acc, "test_loss": final.loss}
         if self.cfg.eval.tta:
-            views = tta_views(self.augmenter.eval, self.cfg.eval.tta_flip, self.cfg.eval.tta_shift)
+            views = tta_views(self.augmenter.test_transform, self.cfg.eval.tta_flip, self.cfg.eval.tta_shift)
             tta = evaluate(self.final_model, self.test_loader, views, self.precision.autocast,
                            self.cfg.aug.num_classes)
             summary.update(test_acc_tta=tta.acc, test_loss_tta=tta.loss, tta_views=len(views))
@@ -606,7 +458,7 @@ class Trainer:
         return summary
 
 
-def fit(cfg: Config, *, overwrite: bool = False, stop: StopSignal | None = None) -> dict:
+def train(cfg: Config, *, overwrite: bool = False, stop: StopSignal | None = None) -> dict:
     """Train ``cfg`` into ``cfg.out_dir/cfg.name`` (with torchrun: on every rank) and return the summary.
 
     Order: validate the config, the device, the data and the batch size, build the model; only then
@@ -630,18 +482,18 @@ def fit(cfg: Config, *, overwrite: bool = False, stop: StopSignal | None = None)
             info = init_distributed(cfg.train.device, cfg.train.dist_timeout_s)
         except ValueError as e:
             raise ConfigError(f"train.device: {e}") from None
-        trainer = Trainer(cfg, info, stop)
+        run = Run(cfg, info, stop)
         folder, resume_from = _open_run_folder(cfg, overwrite, info)
-        trainer.attach(Path(cfg.out_dir) / _run_name(cfg))
+        run.attach(Path(cfg.out_dir) / _run_name(cfg))
         if resume_from is not None:
-            trainer.load(Path(resume_from))
+            run.load(Path(resume_from))
         elif info.is_primary:
-            write_text(trainer.run_dir / "config.yaml", cfg.dump())
+            write_text(run.run_dir / "config.yaml", cfg.dump())
         # Only now: during set-up there is nothing to save, and a SIGTERM must end a process that
         # waits in a blocking call (a rendezvous), as torchrun expects when it stops a group.
         stop.install()
         try:
-            summary = trainer.fit()
+            summary = run.train_epochs()
         except Interrupted:
             all_ranks_here = True   # SIGTERM/SIGINT: every rank stops at the same agreed step
             raise
@@ -661,20 +513,6 @@ def fit(cfg: Config, *, overwrite: bool = False, stop: StopSignal | None = None)
 
 
 # ---------------------------------------------------------------------- helpers
-
-def set_backends(deterministic: bool, device: torch.device) -> None:
-    if deterministic:
-        # cuBLAS reads this when its handle is created (the first matmul), so setting it here works.
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        # warn_only: a model with an op that has no deterministic kernel (e.g. the CUDA backward of
-        # adaptive average pooling in timm models) still trains, with a warning naming the op.
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    elif device.type == "cuda":
-        torch.backends.cudnn.benchmark = True           # fixed shapes: the autotuned kernel pays off
-        torch.backends.cuda.matmul.allow_tf32 = True    # fp32 runs on Ampere+: TF32 tensor cores
-        torch.backends.cudnn.allow_tf32 = True
-
 
 def _run_name(cfg: Config) -> str:
     return cfg.name or "run"
@@ -715,25 +553,3 @@ def _epoch_line(r: dict, epochs: int) -> str:
     if "test_acc_ema" in r:
         line += f"  (EMA {100 * r['test_acc_ema']:.2f}%)"
     return line + f"  lr {r['lr']:.3g}  {r['images_per_sec']:.0f} img/s  {r['wall_time_s']:.0f} s"
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def _trim_metrics(path: Path, epochs_done: int, warn) -> None:
-    """Drop records of epochs after the checkpoint (written before a crash, redone on resume) and a
-    partial last line (a crash in the middle of an append)."""
-    if not path.exists():
-        return
-    records = read_jsonl(path, warn)
-    kept = [r for r in records if r["epoch"] <= epochs_done]
-    text = "".join(json.dumps(r) + "\n" for r in kept)
-    if text != path.read_text(errors="replace"):
-        write_text(path, text)

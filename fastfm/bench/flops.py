@@ -1,10 +1,15 @@
-"""FLOPs, device peaks and the GTX 1060 reference: what turns images/sec into MFU and speed-ups."""
+"""FLOPs, device peaks and the GTX 1060 reference: what turns images/sec into TFLOP/s, a fraction of
+the device's peak and a speed-up over the original report's card."""
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
-from .bench import time_fn
+from ..engine.amp import DTYPES
+from ..runinfo import device_name
+from .timing import time_fn
 
 # Dense peak TFLOP/s by (device-name fragment, precision).  Tensor-core figures are dense (no
 # sparsity).  Looked up by substring of torch.cuda.get_device_name(); first match wins.
@@ -26,6 +31,7 @@ GTX1060_FP32_TFLOPS = 4.375
 
 
 def known_peak_tflops(device_name: str, precision: str) -> float | None:
+    """The table's peak for ``precision`` on the first device whose name fragment matches, or None."""
     for fragment, peaks in PEAK_TFLOPS:
         if fragment in device_name:
             return peaks.get(precision)
@@ -41,6 +47,27 @@ def measured_matmul_tflops(device: torch.device, dtype: torch.dtype, n: int | No
     return 2 * n ** 3 / (t.ms_median * 1e-3) / 1e12
 
 
+class Peaks:
+    """``peaks(precision) -> (TFLOP/s, source)``: the device's peak, from :data:`PEAK_TFLOPS` by
+    device name on CUDA, else a measured matrix-product ceiling (labelled so); each measured once."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.name = device_name(device)
+        self.found: dict[str, tuple[float, str]] = {}
+
+    def __call__(self, precision: str) -> tuple[float, str]:
+        if precision not in self.found:
+            known = known_peak_tflops(self.name, precision) if self.device.type == "cuda" else None
+            if known is not None:
+                self.found[precision] = (known, f"{self.name} dense {precision} peak (spec table)")
+            else:
+                measured = measured_matmul_tflops(self.device, DTYPES[precision])
+                self.found[precision] = (measured, f"measured {precision} matrix-product ceiling "
+                                                   f"on this device (not a spec peak)")
+        return self.found[precision]
+
+
 def train_flops_per_image(model: torch.nn.Module, in_chans: int, size: int,
                           device: torch.device | str = "cpu", batch: int = 2) -> float:
     """FLOPs of one training step (forward + backward) per image, counted by torch's FlopCounterMode.
@@ -48,8 +75,6 @@ def train_flops_per_image(model: torch.nn.Module, in_chans: int, size: int,
     Counted on a deep copy, so the model's BatchNorm statistics and gradients are left untouched;
     matrix products and convolutions only, which is what peak figures refer to.
     """
-    import copy
-
     from torch.utils.flop_counter import FlopCounterMode
 
     probe = copy.deepcopy(model).train()
