@@ -30,6 +30,9 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "ranger")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 RESUME = ("no", "yes", "auto")
 ON_NONFINITE = ("stop", "skip")
+# torch.compile modes (``none``: eager).  reduce-overhead adds CUDA graphs: the launch cost, not the
+# FLOPs, bounds a small model's step at batch 128, so the GPU run picks the fastest of these.
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 # The presets ship inside the package (package data), so an installed fastfm finds them too; the
 # checkout's top-level configs/ is a link to this folder.
 PRESETS = Path(__file__).resolve().parent / "configs"
@@ -164,7 +167,8 @@ class TrainConfig:
     label_smoothing: float = opt(0.0, "label smoothing, applied to the (CutMix/MixUp) soft targets")
     precision: str = opt("auto", "auto (bf16 on CUDA where supported, else fp16 + grad scaler; fp32 "
                                  "on CPU) | fp32 | bf16 | fp16")
-    compile: bool = opt(False, "torch.compile the model (before the DDP wrap)")
+    compile_mode: str = opt("none", "torch.compile mode of the model: none | default | reduce-overhead "
+                                    "(CUDA graphs) | max-autotune")
     sync_bn: bool = opt(True, "SyncBatchNorm across GPUs under DDP (CUDA only)")
     device: str = opt("auto", "auto (CUDA when present) | cpu | cuda | cuda:N")
     seed: int = opt(0, "seed of model init, data order, augmentation and dropout")
@@ -182,6 +186,10 @@ class TrainConfig:
                                   "a window's steps were skipped (1 = never stop)")
     skip_window: int = opt(100, "steps per window for max_skipped (an epoch's end also closes one)")
 
+    # Keys that were renamed: loading one names its replacement instead of "unknown key".
+    replaced: typing.ClassVar[dict[str, str]] = {
+        "compile": "compile_mode (none | default | reduce-overhead | max-autotune)"}
+
     def validate(self) -> None:
         if self.epochs < 1:
             raise ConfigError(f"train.epochs: must be >= 1, got {self.epochs}")
@@ -189,7 +197,8 @@ class TrainConfig:
             raise ConfigError(f"train.batch_size: must be >= 1, got {self.batch_size}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"train.label_smoothing: must be in [0, 1), got {self.label_smoothing}")
-        for name, allowed in (("precision", PRECISIONS), ("resume", RESUME), ("on_nonfinite", ON_NONFINITE)):
+        for name, allowed in (("precision", PRECISIONS), ("compile_mode", COMPILE_MODES), ("resume", RESUME),
+                              ("on_nonfinite", ON_NONFINITE)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"train.{name}: {getattr(self, name)!r} is not one of {', '.join(allowed)}")
         if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda"):
@@ -359,6 +368,11 @@ def all_keys(cls=Config, prefix: str = "") -> dict[str, dataclasses.Field]:
 
 
 def _unknown(key: str, candidates: list[str]) -> ConfigError:
+    section, _, leaf = key.rpartition(".")
+    hints = _hints(Config)
+    replaced = getattr(hints.get(section), "replaced", {}) if section in hints else {}
+    if leaf in replaced:
+        return ConfigError(f"{key}: replaced by {section}.{replaced[leaf]}")
     close = difflib.get_close_matches(key, candidates, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return ConfigError(f"{key}: unknown key{hint}")

@@ -151,7 +151,7 @@ def _restart_safe_store(rank: int, world: int, timeout: datetime.timedelta):
 def convert_sync_bn(model: torch.nn.Module, info: DistInfo, enabled: bool = True) -> torch.nn.Module:
     """BatchNorm -> SyncBatchNorm for multi-GPU CUDA runs (first step of model set-up).
 
-    Order of model set-up: ``convert_sync_bn`` -> ``torch.compile`` -> :func:`wrap_ddp`.  A world of
+    Order of model set-up: ``convert_sync_bn`` -> :func:`wrap_ddp` -> ``torch.compile``.  A world of
     one, or CPU (no SyncBatchNorm kernel there), gets the model back unchanged.
     """
     if enabled and info.distributed and info.device.type == "cuda":
@@ -160,7 +160,15 @@ def convert_sync_bn(model: torch.nn.Module, info: DistInfo, enabled: bool = True
 
 
 def wrap_ddp(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
-    """The DDP wrap (last step of model set-up); a world of one gets the model back as is.
+    """The DDP wrap, before ``torch.compile``; a world of one gets the model back as is.
+
+    Why DDP first, then compile (``torch.compile(DDP(model))``, PyTorch's documented order): Dynamo
+    compiles the model's frames while DDP's forward is active, and then its DDPOptimizer splits the
+    graph at DDP's gradient-bucket boundaries (``bucket_cap_mb``), so each bucket's all-reduce is
+    launched as soon as its gradients exist and overlaps the rest of backward.  One unsplit graph
+    would produce every gradient at its very end and serialise communication after backward.
+    (torch 2.14 also engages DDPOptimizer for ``DDP(torch.compile(model))``, because the compiled
+    frame runs inside DDP's forward, but only the documented order is promised to.)
 
     Keep a reference to the unwrapped (uncompiled) model for checkpoints and evaluation.
     """

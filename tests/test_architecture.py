@@ -143,7 +143,7 @@ def test_presets_ship_with_a_non_editable_install(tmp_path, data_root):
                            capture_output=True, text=True, env=env, timeout=60)
     assert check.stdout.strip() == str(site / "fastfm" / "configs"), check.stderr
     r = subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), "--config", "fast",
-                        "--train.device", "cpu", "--train.compile", "false", "--train.precision", "fp32",
+                        "--train.device", "cpu", "--train.compile_mode", "none", "--train.precision", "fp32",
                         "--model.depth", "10", "--model.width", "1", "--aug.autoaugment", "none",
                         "--epochs", "1", "--train.batch_size", "128", "--data.root", str(data_root),
                         "--data.train_limit", "256", "--data.test_limit", "100", "--eval.tta", "false",

@@ -220,7 +220,7 @@ def test_cpu_defaults_are_scaled_down_and_said():
                                 repeats=2, data_root=DATA)
     assert explicit.cfg.model.width == 2 and not any("model" in x or "batch " in x for x in explicit.scaled)
     preset = resolve_settings(device="cpu", config=str(REPO / "configs" / "fast.yaml"), data_root=DATA)
-    assert preset.cfg.model.depth == 16 and preset.cfg.model.width == 8 and preset.cfg.train.compile
+    assert preset.cfg.model.depth == 16 and preset.cfg.model.width == 8 and preset.cfg.train.compile_mode != "none"
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -360,6 +360,131 @@ def test_gpu_check_script_parses_and_dry_runs(tmp_path):
     for stage in ("setup", "env", "data", "pytest", "throughput", "aug_cost", "train"):
         assert f"== {stage} (limit" in out.stdout
     assert "pytest -m gpu" in out.stdout and "configs/fast.yaml" in out.stdout
-    assert "--trace" in out.stdout and "--device cuda --json" in out.stdout
+    assert "--trace" in out.stdout and "--device cuda --repeats 3 --json" in out.stdout
     bad = subprocess.run(["bash", str(script), str(tmp_path), "--bogus"], capture_output=True, text=True)
     assert bad.returncode == 2 and "error:" in bad.stderr
+
+
+# ----------------------------------------------------------------------------- fault isolation
+
+# Runs a benchmark script with the kornia augmenter broken, patched before the script starts (so the
+# script itself is run unmodified, as on the GPU machine): argv[1] is the script, the rest its options.
+BREAK_KORNIA = """
+import runpy, sys
+import fastfm.bench.aug_cost as aug_cost, fastfm.bench.hot_path as hot_path
+real = hot_path.create_augmenter
+def create(cfg, *args, **kwargs):
+    if cfg.backend == "kornia":
+        raise RuntimeError("kornia broke on purpose")
+    return real(cfg, *args, **kwargs)
+hot_path.create_augmenter = aug_cost.create_augmenter = create
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_broken_backend_fails_only_its_rows_and_every_other_figure_is_written(tmp_path):
+    """The script, with one backend raising: every other row is in the JSON and the markdown, the
+    trace is written, the exit status is 1 and the failed rows are named on stderr."""
+    out = subprocess.run(
+        [sys.executable, "-c", BREAK_KORNIA, str(REPO / "benchmarks" / "throughput.py"), "--device", "cpu",
+         "--model", "wrn-10-1", "--batch-size", "8", "--baseline-batch", "8", "--workers", "1", "--warmup", "1",
+         "--iters", "1", "--repeats", "1", "--mode", "aug", "step", "full", "--backends", "native", "kornia",
+         "--data", DATA, "--json", str(tmp_path / "t.json"), "--markdown", str(tmp_path / "t.md"),
+         "--trace", str(tmp_path / "trace"), "--trace-steps", "1"],
+        capture_output=True, text=True, timeout=300, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert "failed: aug/kornia, full/kornia" in out.stderr and "broke on purpose" in out.stderr
+    data = json.loads((tmp_path / "t.json").read_text())
+    rows = {(r["mode"], r["pipeline"]): r for r in data["rows"]}
+    for key in (("aug", "native"), ("aug", "baseline"), ("step", "synthetic input"), ("full", "native")):
+        assert rows[key]["status"] == "ok" and rows[key]["images_per_sec"] > 0, key
+    for key in (("aug", "kornia"), ("full", "kornia")):
+        assert rows[key]["status"] == "failed" and "kornia broke on purpose" in rows[key]["error"]
+    assert data["trace"]["backend"] == "native" and Path(data["trace"]["path"]).is_file()
+    assert "| full | kornia |" in (tmp_path / "t.md").read_text()
+    assert out.stdout.count("\nrow ") + out.stdout.startswith("row ") == len(data["rows"])  # one line per row
+
+
+def test_json_is_rewritten_after_every_row_and_a_failed_trace_is_its_own_failure(monkeypatch):
+    """``on_update`` sees the report grow one row (or one backend's rows) at a time; a trace that
+    raises is reported as failed, after every row was measured."""
+    from fastfm.bench import throughput
+    from fastfm.bench.report import failures
+
+    def broken_trace(*args, **kwargs):
+        raise RuntimeError("trace broke on purpose")
+
+    monkeypatch.setattr(throughput, "write_trace", broken_trace)
+    seen = []
+    s = resolve_settings(**{**TINY, "modes": ("aug", "step"), "backends": ("native",)})
+    report = throughput_report(s, trace_dir="unused", trace_steps=1,
+                               on_update=lambda r: seen.append([(x.mode, x.pipeline) for x in r["rows"]]))
+    counts = [len(rows) for rows in seen]
+    assert counts[0] == 1 and counts == sorted(counts) and seen[-1] == seen[-2]   # the last call: the end
+    assert all(r.ok for r in report["rows"]) and ("step", "synthetic input") in seen[-1]
+    assert report["trace"] == dict(status="failed", error="RuntimeError: trace broke on purpose")
+    assert failures(report) == ["trace"] and "trace: failed" in report["markdown"]
+
+
+# ----------------------------------------------------------------------------- peaks
+
+
+@pytest.mark.parametrize("name, precision, tf32, tflops, source", [
+    ("NVIDIA H100 80GB HBM3", "bf16", True, 989.0, "spec bf16 dense H100 SXM"),
+    ("NVIDIA H100 80GB HBM3", "fp32", True, 494.5, "spec tf32 dense H100 SXM"),
+    ("NVIDIA H100 80GB HBM3", "fp32", False, 67.0, "spec fp32 dense H100 SXM"),
+    ("NVIDIA H100 PCIe", "bf16", True, 756.0, "spec bf16 dense H100 PCIe"),
+    ("NVIDIA H100 PCIe", "fp32", True, 378.0, "spec tf32 dense H100 PCIe"),
+    ("NVIDIA H100 PCIe", "fp32", False, 51.0, "spec fp32 dense H100 PCIe"),
+    ("NVIDIA H100 NVL", "fp16", False, 835.0, "spec fp16 dense H100 NVL"),
+    ("NVIDIA H200", "bf16", False, 989.0, "spec bf16 dense H200 SXM"),
+    ("NVIDIA H200", "fp32", True, 494.5, "spec tf32 dense H200 SXM"),
+    ("NVIDIA A100-SXM4-80GB", "bf16", True, 312.0, "spec bf16 dense A100"),
+    ("NVIDIA A100-SXM4-80GB", "fp32", True, 156.0, "spec tf32 dense A100"),
+    ("NVIDIA A100-SXM4-80GB", "fp32", False, 19.5, "spec fp32 dense A100"),
+])
+def test_spec_peak_follows_device_name_precision_and_tf32(name, precision, tf32, tflops, source):
+    from fastfm.bench.flops import spec_peak
+    peak, why = spec_peak(name, precision, tf32)
+    assert peak == tflops and why.startswith(source)
+
+
+def test_no_spec_peak_for_unknown_devices_or_math_modes():
+    from fastfm.bench.flops import spec_peak
+    assert spec_peak("Some Future GPU", "bf16", True) is None
+    assert spec_peak("Tesla V100-SXM2-16GB", "bf16", False) is None     # no bf16 on Volta
+    assert spec_peak("Tesla V100-SXM2-16GB", "fp32", True) is None      # no TF32 either
+
+
+def test_cpu_rows_give_both_fractions_against_the_measured_ceiling(report):
+    for r in report["rows"]:
+        if r.mode in ("step", "full", "baseline"):
+            assert r.peak_tflops > 0 and r.measured_peak_fraction == pytest.approx(r.peak_fraction)
+            assert "measured" in r.measured_peak_source and r.clock == "wall"
+
+
+# ----------------------------------------------------------------------------- the matrix
+
+
+def test_matrix_rows_carry_variant_and_operator_calls_eager_and_compiled():
+    """The matrix on the CPU (eager and compiled, one small batch): a step and a full row per cell,
+    each naming what ran, with positive ATen operator counts for the augmenter and the step."""
+    s = resolve_settings(**{**TINY, "modes": ("step",), "backends": ("native",)})
+    report = throughput_report(s, matrix=dict(batches=(4,), compile_modes=("none", "default")))
+    cells = [r for r in report["rows"] if r.variant]
+    assert [(r.mode, r.variant) for r in cells] == [
+        ("step", "eager, batch 4"), ("full", "eager, batch 4"),
+        ("step", "compiled, batch 4"), ("full", "compiled, batch 4")]
+    for r in cells:
+        assert r.ok and r.batch == 4 and r.images_per_sec > 0 and r.peak_fraction > 0, r
+        assert r.config["compile_mode"] in ("none", "default") and r.config["cuda_graphs"] is False
+        assert r.op_calls["step"]["aten_ops"] > 0 and r.op_calls["augmenter"]["aten_ops"] > 0
+    assert "| eager, batch 4 |" in report["markdown"]
+
+
+def test_matrix_never_names_cuda_graphs_on_the_cpu():
+    from fastfm.bench.throughput import matrix_variant
+    assert "CUDA graphs" not in matrix_variant("reduce-overhead", 8, torch.device("cpu")).replace(
+        "without CUDA graphs", "")
+    assert matrix_variant("reduce-overhead", 512, torch.device("cuda")) == "compiled + CUDA graphs, batch 512"

@@ -42,10 +42,10 @@ def test_report_recipes():
 
 def test_overrides_dotted_bare_and_equals():
     cfg = Config.load(REPO / "configs/cpu.yaml", ["--epochs", "3", "--optim.lr", "1e-3", "--aug.backend", "kornia",
-                                                 "--train.compile=true", "--aug.erasing_scale", "0.1,0.2",
+                                                 "--train.compile_mode=reduce-overhead", "--aug.erasing_scale", "0.1,0.2",
                                                  "--name", "123"])
     assert cfg.train.epochs == 3 and cfg.optim.lr == 1e-3 and cfg.aug.backend == "kornia"
-    assert cfg.train.compile is True and cfg.aug.erasing_scale == (0.1, 0.2) and cfg.name == "123"
+    assert cfg.train.compile_mode == "reduce-overhead" and cfg.aug.erasing_scale == (0.1, 0.2) and cfg.name == "123"
 
 
 def test_yaml_numbers_without_dot(tmp_path):
@@ -69,7 +69,8 @@ def test_save_and_reload(tmp_path):
     (["--epochs", "many"], "train.epochs: expected an integer"),
     (["--epochs", "2.5"], "train.epochs: expected an integer"),
     (["--optim.lr", "fast"], "optim.lr: expected a number"),
-    (["--train.compile", "maybe"], "train.compile: expected true or false"),
+    (["--train.progress", "maybe"], "train.progress: expected true or false"),
+    (["--train.compile_mode", "fast"], "train.compile_mode: 'fast' is not one of"),
     (["--optim.betas", "0.9"], "optim.betas: expected a list of 2 values"),
     (["--optim.name", "lamb"], "optim.name: 'lamb' is not one of"),
     (["--optim.lr", "-1"], "optim.lr: must be > 0"),

@@ -289,9 +289,10 @@ def warp_nearest(images: torch.Tensor, theta: torch.Tensor, base: torch.Tensor |
     ty = (theta[:, 1] / (0.5 * h)).view(b, 3, 1, 1)
     xs = base[:w, 0].view(1, 1, w)
     ys = base[::w, 1].view(1, h, 1)
-    grid = torch.empty(b, h, w, 2, device=dev, dtype=torch.float32)   # written in place: no stack
-    torch.add(xs * tx[:, 0] + ys * tx[:, 1], tx[:, 2], out=grid[..., 0])
-    torch.add(xs * ty[:, 0] + ys * ty[:, 1], ty[:, 2], out=grid[..., 1])
+    # One stack (not add(out=grid[..., k])): torch.compile cannot trace ops writing into
+    # non-contiguous out= views, and the stacked grid holds the very same float32 values.
+    grid = torch.stack((xs * tx[:, 0] + ys * tx[:, 1] + tx[:, 2],
+                        xs * ty[:, 0] + ys * ty[:, 1] + ty[:, 2]), dim=-1)
     out = F.grid_sample(images.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
     return out.round_().to(torch.uint8)
 
@@ -636,7 +637,16 @@ class BatchAutoAugment:
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         _check_uint8(images)
-        op, bins, negative = self.draw(images.shape[0], generator)
+        return self.apply(images, self.draw(images.shape[0], generator))
+
+    def apply(self, images: torch.Tensor, draws: tuple[torch.Tensor, ...],
+              dispatch: str | None = None) -> torch.Tensor:
+        """Apply :meth:`draw`'s ``(op, bins, negative)`` to uint8 ``images``: no random draws, so the
+        masked dispatch is a pure function of its inputs that ``torch.compile`` traces as one graph
+        (explicit generators are not traceable: they stay in :meth:`draw`, run eagerly).
+        ``dispatch``: overrides the augmenter's (``"masked"`` to trace it on CPU tensors)."""
+        op, bins, negative = draws
+        dispatch = dispatch or self.dispatch
         # Both strategies consume the generator identically (everything is drawn above) and give
         # bit-identical results; they differ only in cost.  The masked one computes every op group
         # on the whole batch and selects with ``torch.where``: no tensor value is read on the host,
@@ -644,7 +654,7 @@ class BatchAutoAugment:
         # On the CPU the "device" is the host, so reading group sizes costs nothing, and the grouped
         # one runs each op only on the samples that drew it (~1 op per sample per slot instead of
         # ~5 full-batch passes).
-        grouped = self.dispatch == "grouped" or (self.dispatch == "auto" and images.device.type == "cpu")
+        grouped = dispatch == "grouped" or (dispatch == "auto" and images.device.type == "cpu")
         apply = self.apply_slot_grouped if grouped else self.apply_slot
         x = images
         for s in range(2):

@@ -183,5 +183,9 @@ def finish(x: torch.Tensor, cfg: AugConfig) -> torch.Tensor:
 
 
 def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """int64 (B,) -> float32 (B, num_classes) one-hot targets."""
-    return torch.nn.functional.one_hot(labels, num_classes).float()
+    """int64 (B,) -> float32 (B, num_classes) one-hot targets.
+
+    A comparison with ``arange`` rather than ``F.one_hot``: on CPU tensors that checks the labels'
+    range with two host reads (``aminmax`` + ``.item()``), which also break a ``torch.compile`` graph.
+    """
+    return (labels.unsqueeze(1) == torch.arange(num_classes, device=labels.device)).float()

@@ -80,23 +80,45 @@ def mix_batch(x: torch.Tensor, targets: torch.Tensor, cfg: AugConfig,
     (B,), the CutMix boxes (:func:`draw_cutmix_boxes`; only when ``cutmix_p > 0``), the MixUp
     weights (only when ``mixup_p > 0``).  With both probabilities 0 it returns the inputs untouched
     and draws nothing, so switching mixing off does not shift other streams.
+    ``mix_batch = apply_mix(draw_mix(...))``: the draws depend on shapes only, never on the pixels.
     """
+    b, _, h, w = x.shape
+    return apply_mix(x, targets, cfg, draw_mix(cfg, b, h, w, generator, x.device))
+
+
+def draw_mix(cfg: AugConfig, b: int, h: int, w: int, generator: torch.Generator, device) -> dict:
+    """The random half of :func:`mix_batch` for ``b`` images of ``h`` x ``w`` (same draws, same
+    order); ``{}`` when mixing is off."""
     if cfg.cutmix_p <= 0 and cfg.mixup_p <= 0:
+        return {}
+    d = {"choice": torch.rand(b, generator=generator, device=device)}
+    if cfg.cutmix_p > 0:                                         # config branches, not data
+        d["box"] = draw_cutmix_boxes(cfg.cutmix_alpha, b, h, w, generator, device)
+    if cfg.mixup_p > 0:
+        d["mix_lam"] = sample_beta(cfg.mixup_alpha, b, generator, device)   # weight of the sample itself
+    return d
+
+
+def apply_mix(x: torch.Tensor, targets: torch.Tensor, cfg: AugConfig,
+              draws: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The deterministic half of :func:`mix_batch`: no random draws, no host reads (traceable by
+    ``torch.compile`` as part of one graph)."""
+    if not draws:
         return x, targets
     b, _, h, w = x.shape
     dev = x.device
     partner_x = x.roll(1, dims=0)
     partner_t = targets.roll(1, dims=0)
 
-    choice = torch.rand(b, generator=generator, device=dev)
+    choice = draws["choice"]
     do_cut = choice < cfg.cutmix_p
     do_mix = (choice >= cfg.cutmix_p) & (choice < cfg.cutmix_p + cfg.mixup_p)
 
     out = x
     partner_w = torch.zeros(b, device=dev)
     box = None
-    if cfg.cutmix_p > 0:                                         # config branches, not data
-        y0, y1, x0, x1 = draw_cutmix_boxes(cfg.cutmix_alpha, b, h, w, generator, dev)
+    if "box" in draws:
+        y0, y1, x0, x1 = draws["box"]
         # Row and column masks are small ((B, H, 1) and (B, 1, W)); only their product is full size.
         rows = torch.arange(h, device=dev).view(1, h, 1)
         cols = torch.arange(w, device=dev).view(1, 1, w)
@@ -105,8 +127,8 @@ def mix_batch(x: torch.Tensor, targets: torch.Tensor, cfg: AugConfig,
         box = (in_rows & in_cols).unsqueeze(1)                   # (B, 1, H, W)
         area = ((y1 - y0) * (x1 - x0)).float() / (h * w)         # exact pasted fraction
         partner_w = torch.where(do_cut, area, partner_w)
-    if cfg.mixup_p > 0:
-        mix_lam = sample_beta(cfg.mixup_alpha, b, generator, dev)   # weight of the sample itself
+    if "mix_lam" in draws:
+        mix_lam = draws["mix_lam"]
         blend = torch.where(do_mix, 1.0 - mix_lam, torch.zeros_like(mix_lam))
         out = x + (partner_x - x) * blend.view(b, 1, 1, 1)       # MixUp (blend 0 elsewhere)
         partner_w = partner_w + blend

@@ -17,9 +17,10 @@ from __future__ import annotations
 import torch
 
 from .autoaugment import BatchAutoAugment
-from .base import Augmenter, normalise, resize_bilinear
+from .base import Augmenter, finish, normalise, one_hot, resize_bilinear
 from .config import AugConfig
 from .erasing import draw_erasing_boxes, erase
+from .mix import apply_mix, draw_mix
 
 
 class NativeAugmenter(Augmenter):
@@ -45,6 +46,32 @@ class NativeAugmenter(Augmenter):
                             if cfg.autoaugment != "none" else None)
 
     def _augment(self, images: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = images.shape
+        return self._apply_own(images, self._draw_own(b, h, w))
+
+    # Draws and application are split: every random draw depends on shapes and the config only,
+    # never on pixel values, so all of them can be made first (eagerly, from the generator, in the
+    # stream's order: crop/flip, AutoAugment, erasing, then CutMix/MixUp in the base class) and the
+    # pixels then go through a pure function.  Eager calls and :meth:`graph_call` therefore give the
+    # same bits from the same generator state.
+
+    def _sizes(self, h: int, w: int) -> tuple[int, int, int]:
+        """(height, width) after resize, and the side after the crop, of (h, w) inputs."""
+        rh, rw = (self.cfg.resize, self.cfg.resize) if self.cfg.resize else (h, w)
+        return rh, rw, self.cfg.crop or rh
+
+    def _draw_own(self, b: int, h: int, w: int) -> dict:
+        """All draws of this backend's own ops for ``b`` images of h x w pixels, in stream order."""
+        cfg, dev = self.cfg, self.device
+        rh, rw, out = self._sizes(h, w)
+        d = {"crop_flip": self._draw_crop_flip(b, rh, rw)}
+        if self.autoaugment is not None:
+            d["autoaugment"] = self.autoaugment.draw(b, self.generator)
+        if cfg.erasing_p > 0:
+            d["erasing"] = draw_erasing_boxes(cfg, b, out, out, self.generator, dev)
+        return d
+
+    def _apply_own(self, images: torch.Tensor, d: dict, dispatch: str | None = None) -> torch.Tensor:
         cfg = self.cfg
         x = images                                         # uint8 (B, 1, H, W)
         if cfg.resize and cfg.resize != x.shape[-1]:
@@ -55,18 +82,45 @@ class NativeAugmenter(Augmenter):
                     # quantise once here; crop and flip below are pure index ops and commute with it.
                     x = x.round_().clamp_(0, 255).to(torch.uint8)
         with self.op_range("crop_flip"):
-            x = self.crop_flip(x)
+            x = self._crop_flip(x, *d["crop_flip"])
         if self.autoaugment is not None:
             with self.op_range("autoaugment"):
-                x = self.autoaugment(x, self.generator)
+                x = self.autoaugment.apply(x, d["autoaugment"], dispatch)
         with self.op_range("normalise"):
             x = normalise(x, self.mean, self.std)
         if cfg.erasing_p > 0:
             with self.op_range("erasing"):
-                b, _, h, w = x.shape
-                boxes = draw_erasing_boxes(cfg, b, h, w, self.generator, x.device)
-                x = erase(x, boxes, cfg.erasing_value)
+                x = erase(x, d["erasing"], cfg.erasing_value)
         return x
+
+    def draw(self, b: int, h: int, w: int) -> dict:
+        """Every random draw of one call on ``b`` images of h x w pixels (mixing included), in the
+        order an eager call makes them; for :meth:`apply`."""
+        d = self._draw_own(b, h, w)
+        out = self._sizes(h, w)[2]
+        d["mix"] = draw_mix(self.cfg, b, out, out, self.generator, self.device)
+        return d
+
+    def apply(self, images: torch.Tensor, labels: torch.Tensor, draws: dict,
+              dispatch: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole recipe given :meth:`draw`'s draws: a pure function, no random draws and (with
+        the masked AutoAugment dispatch) no host reads, so ``torch.compile(..., fullgraph=True)``
+        traces it as one graph (tests/test_graph.py).  ``dispatch``: AutoAugment's, e.g. ``"masked"``
+        to trace the CUDA path on CPU tensors."""
+        x = self._apply_own(images, draws, dispatch)
+        y = one_hot(labels, self.cfg.num_classes)
+        x, y = apply_mix(x, y, self.cfg, draws["mix"])
+        return finish(x, self.cfg), y
+
+    def graph_call(self, images: torch.Tensor, labels: torch.Tensor,
+                   apply=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``aug(images, labels)`` in two phases: the draws eagerly (explicit ``torch.Generator``
+        objects cannot live inside a compiled graph), then ``apply`` (default :meth:`apply`; pass a
+        ``torch.compile``-d one) on the pixels.  Same output bits and the same generator stream as
+        ``aug(images, labels)`` for the same state, so seeding and resume are unchanged."""
+        self.check_input(images, labels)
+        draws = self.draw(images.shape[0], *images.shape[-2:])
+        return (apply or self.apply)(images, labels, draws)
 
     def _state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}
@@ -78,29 +132,37 @@ class NativeAugmenter(Augmenter):
 
     def crop_flip(self, x: torch.Tensor) -> torch.Tensor:
         """Random ``cfg.crop`` window (offsets uniform over 0..size-crop on both axes) and horizontal
-        flip with probability ``cfg.flip_p``, per sample, as one gather.
+        flip with probability ``cfg.flip_p``, per sample, as one gather (see :meth:`_crop_flip`)."""
+        return self._crop_flip(x, *self._draw_crop_flip(x.shape[0], *x.shape[-2:]))
 
-        Per-sample row indices (B, crop) and column indices (B, crop), the latter reversed where the
+    def _draw_crop_flip(self, b: int, h: int, w: int):
+        """(top, left) offsets (B, 1) long and the flip flags (B, 1) bool, or None for ops that are
+        off (they draw nothing)."""
+        cfg, dev = self.cfg, self.device
+        crop = cfg.crop or h
+        top = left = flip = None
+        if crop < h:
+            top = torch.randint(0, h - crop + 1, (b, 1), generator=self.generator, device=dev)
+            left = torch.randint(0, w - crop + 1, (b, 1), generator=self.generator, device=dev)
+        if cfg.flip_p > 0:
+            flip = torch.rand(b, 1, generator=self.generator, device=dev) < cfg.flip_p
+        return top, left, flip
+
+    def _crop_flip(self, x: torch.Tensor, top, left, flip) -> torch.Tensor:
+        """Per-sample row indices (B, crop) and column indices (B, crop), the latter reversed where the
         sample is flipped (``torch.where`` on the indices rather than on two image batches), index the
         batch in one advanced-indexing gather: no loop, no unfold, no data-dependent shape.
         """
-        cfg = self.cfg
-        b, _, h, w = x.shape
-        crop = cfg.crop or h
-        do_crop = crop < h
-        do_flip = cfg.flip_p > 0
-        if not (do_crop or do_flip):
+        b, _, h, _ = x.shape
+        if top is None and flip is None:
             return x
+        crop = self.cfg.crop or h
         dev = x.device
-        if do_crop:
-            top = torch.randint(0, h - crop + 1, (b, 1), generator=self.generator, device=dev)
-            left = torch.randint(0, w - crop + 1, (b, 1), generator=self.generator, device=dev)
-        else:
+        if top is None:
             top = left = torch.zeros(b, 1, dtype=torch.long, device=dev)
         ar = torch.arange(crop, device=dev)
         cols = ar.expand(b, crop)
-        if do_flip:
-            flip = torch.rand(b, 1, generator=self.generator, device=dev) < cfg.flip_p
+        if flip is not None:
             cols = torch.where(flip, crop - 1 - ar, ar)
         rows = top + ar                                    # (B, crop)
         cols = left + cols                                 # (B, crop)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+from collections.abc import Callable
 
 import torch
 
@@ -22,7 +23,7 @@ from ..augment.config import AugConfig
 from ..distributed import resolve_device
 from . import baseline
 from .inputs import benchmark_images
-from .report import Row, attempt, compare_to_baseline, markdown_table, measured_environment, missing, problem_notes
+from .report import Row, RowLog, compare_to_baseline, markdown_table, measured_environment, missing, problem_notes
 from .timing import Timing, time_fn
 
 # The ops in the documented order: (rung name, the AugConfig field that switches it on).
@@ -86,11 +87,15 @@ COLUMNS = [("pipeline", "backend", ""), ("mode", "row", ""), ("op", "op", ""),
 
 
 def aug_cost_report(*, device="auto", backends=("native",), batch_size=512, data_root="data",
-                    repeats=5, iters=None, include_baseline=True, full: AugConfig | None = None) -> dict:
+                    repeats=5, iters=None, include_baseline=True, full: AugConfig | None = None,
+                    on_update: Callable[[dict], None] | None = None) -> dict:
     """Time every backend's op ladder and the baseline; return environment, rows and markdown.
 
     Raises ``ValueError`` for a batch below 2 or a device this machine does not have; a backend
-    that is missing or fails gets a row saying so (:func:`~fastfm.bench.report.attempt`).
+    that is missing or fails gets a row saying so (:func:`~fastfm.bench.report.attempt`), the
+    others are still measured.  ``on_update(report)``: the report so far, after every backend and
+    at the end.  ``clock`` in the report: device time (CUDA events) on CUDA, so an op's cost is
+    what the GPU spent on it, not launch cost on the host; wall time on the CPU.
     """
     load_before = os.getloadavg()
     dev = resolve_device(device)
@@ -99,23 +104,32 @@ def aug_cost_report(*, device="auto", backends=("native",), batch_size=512, data
     iters = iters or 10
     full = full or AugConfig()
     data, source = benchmark_images(dev, batch_size, data_root)
-    rows = []
+    clock = "cuda events (device time)" if dev.type == "cuda" else "wall (CPU)"
+
+    def build(rows: list[Row]) -> dict:
+        rows = list(rows)
+        compare_to_baseline(rows)
+        env = measured_environment(dev, load_before)
+        md = [f"Augmentation cost on {env['device']} (git {env['git_revision']}), batch {batch_size}, "
+              f"input: {source}; median of {repeats} runs of {iters} batches after warm-up; clock: {clock}.",
+              "op rows: the cumulative ladder (ms/batch of the stack up to that op; op ms/batch, the "
+              "difference to the rung below); aug rows: the whole stack; baseline: the original "
+              "per-sample PIL pipeline, one process, CPU.", "", markdown_table(rows, COLUMNS)]
+        md += [f"\n{note}" for note in problem_notes(rows)]
+        return dict(environment=env, batch_size=batch_size, input=source, iters=iters, repeats=repeats,
+                    clock=clock, rows=rows, missing=missing(rows), markdown="\n".join(md))
+
+    log = RowLog(None if on_update is None else (lambda rows: on_update(build(rows))))
     for name in backends:
         cfg = dataclasses.replace(full, backend=name)
-        rows += attempt(functools.partial(backend_rows, cfg, data.images, data.labels, iters=iters,
-                                          repeats=repeats),
-                        mode="aug", pipeline=name, batch=batch_size)
+        log.attempt(functools.partial(backend_rows, cfg, data.images, data.labels, iters=iters, repeats=repeats),
+                    mode="aug", pipeline=name, batch=batch_size)
     if include_baseline:
-        rows += attempt(lambda: baseline.aug_row(data.images.squeeze(1).cpu().numpy(),
-                                                 data.labels.cpu().numpy(), batch_size, min(repeats, 3)),
-                        mode="aug", pipeline="baseline", batch=batch_size)
-    compare_to_baseline(rows)
-    env = measured_environment(dev, load_before)
-    md = [f"Augmentation cost on {env['device']} (git {env['git_revision']}), batch {batch_size}, "
-          f"input: {source}; median of {repeats} runs of {iters} batches after warm-up.",
-          "op rows: the cumulative ladder (ms/batch of the stack up to that op; op ms/batch, the "
-          "difference to the rung below); aug rows: the whole stack; baseline: the original "
-          "per-sample PIL pipeline, one process, CPU.", "", markdown_table(rows, COLUMNS)]
-    md += [f"\n{note}" for note in problem_notes(rows)]
-    return dict(environment=env, batch_size=batch_size, input=source, iters=iters, repeats=repeats,
-                rows=rows, missing=missing(rows), markdown="\n".join(md))
+        log.attempt(lambda: baseline.aug_row(data.images.squeeze(1).cpu().numpy(),
+                                             data.labels.cpu().numpy(), batch_size, min(repeats, 3)),
+                    mode="aug", pipeline="baseline", batch=batch_size)
+    report = build(log)
+    if on_update is not None:
+        on_update(report)
+    return report
+

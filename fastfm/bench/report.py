@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -43,11 +44,13 @@ class Row:
     mode: str
     pipeline: str
     batch: int                              # images per timed call
+    variant: str | None = None              # matrix rows: "eager" | "compiled" | "compiled + CUDA graphs"
     ms_per_batch: float | None = None       # median over ``repeats`` runs of ``iters`` calls
     ms_min: float | None = None
     ms_max: float | None = None
     iters: int | None = None
     repeats: int | None = None
+    clock: str | None = None                # "cuda events" (device time) or "wall" (CPU), see time_fn
     precision: str | None = None            # training rows: fp32 | bf16 | fp16
     config: dict = field(default_factory=dict)   # what was timed, in enough detail to repeat it
     status: str = "ok"                      # ok | missing | failed
@@ -63,8 +66,14 @@ class Row:
     # training rows: FLOPs per training image (fwd + bwd) x images/s, against the device's peak.
     flops_per_image: float | None = None
     achieved_tflops: float | None = None
+    peak_tflops: float | None = None        # the peak peak_fraction is against, and why that one
     peak_fraction: float | None = None
     peak_source: str | None = None
+    measured_peak_fraction: float | None = None   # against the measured matrix-product ceiling
+    measured_peak_source: str | None = None
+    # matrix rows: ATen operator calls in one call of the augmenter and of the step, counted by the
+    # profiler (nested calls included); a compiled step shows the few ops left outside its kernels.
+    op_calls: dict | None = None
     vs_baseline: float | None = None        # images/s over the baseline row of the same kind
     vs_gtx1060: float | None = None         # images/s over the GTX 1060's computed ceiling
     computed: bool = False                  # a computed ceiling, not a measurement
@@ -72,7 +81,7 @@ class Row:
     @classmethod
     def timed(cls, mode: str, pipeline: str, batch: int, t: Timing, **fields) -> Row:
         return cls(mode, pipeline, batch, ms_per_batch=t.ms_median, ms_min=t.ms_min, ms_max=t.ms_max,
-                   iters=t.iters, repeats=t.repeats, **fields)
+                   iters=t.iters, repeats=t.repeats, clock=t.clock, **fields)
 
     @property
     def ok(self) -> bool:
@@ -98,6 +107,43 @@ def attempt(measure: Callable[[], Row | list[Row]], *, mode: str, pipeline: str,
         traceback.print_exc()
         return [Row(mode, pipeline, batch, status="failed", error=f"{type(exc).__name__}: {exc}")]
     return rows if isinstance(rows, list) else [rows]
+
+
+class RowLog(list):
+    """The rows of a report in the making: :meth:`attempt` measures one row (or one backend's rows)
+    in its own guard (:func:`attempt`), appends what came back and calls ``on_row(self)``, so a
+    script can rewrite its JSON after every row: a run cut short (a time cap, a crash further on)
+    still leaves every row measured so far on disk."""
+
+    def __init__(self, on_row: Callable[[list[Row]], None] | None = None):
+        super().__init__()
+        self.on_row = on_row
+
+    def add(self, rows: list[Row]) -> list[Row]:
+        self.extend(rows)
+        if self.on_row is not None:
+            self.on_row(self)
+        return rows
+
+    def attempt(self, measure: Callable[[], Row | list[Row]], *, mode: str, pipeline: str,
+                batch: int) -> list[Row]:
+        return self.add(attempt(measure, mode=mode, pipeline=pipeline, batch=batch))
+
+
+def guarded(what: str, fn: Callable[[], object], reraise: tuple[type[BaseException], ...] = ()
+            ) -> tuple[object, str | None]:
+    """``(fn(), None)``, or ``(None, error)`` with the traceback on stderr: for the parts of a
+    report that are not rows (the trace) but must not cost the rows their figures either.
+    ``reraise``: exceptions that mean a bad option rather than a fault (they end the script with an
+    ``error:`` line)."""
+    try:
+        return fn(), None
+    except reraise:
+        raise
+    except Exception as exc:        # noqa: BLE001 - reported in the report, and the script exits 1
+        print(f"{what} failed:", file=sys.stderr)
+        traceback.print_exc()
+        return None, f"{type(exc).__name__}: {exc}"
 
 
 def compare_to_baseline(rows: list[Row]) -> None:
@@ -152,6 +198,60 @@ def missing(rows: list[Row]) -> dict[str, str]:
 def failed(rows: list[Row]) -> bool:
     """Whether any of ``rows`` raised while being measured (the scripts then exit 1)."""
     return any(r.status == "failed" for r in rows)
+
+
+def progress(write: Callable[[dict], None]) -> Callable[[dict], None]:
+    """A report's ``on_update``: one line per newly finished row on stdout (the GPU check's log
+    shows how far a run got), then ``write(report)`` (:func:`writer`)."""
+    seen = [0]
+
+    def update(report: dict) -> None:
+        for r in report["rows"][seen[0]:]:
+            figure = f"{r.images_per_sec:,.0f} images/s" if r.images_per_sec else r.error
+            print(f"row {r.mode}/{r.pipeline}{'/' + r.op if r.op else ''}: {r.status}, {figure}", flush=True)
+        seen[0] = len(report["rows"])
+        write(report)
+
+    return update
+
+
+def exit_status(report: dict) -> int:
+    """A script's exit status: 0, or 1 with what failed named on stderr (:func:`failures`)."""
+    names = failures(report)
+    if names:
+        print(f"failed: {', '.join(names)}", file=sys.stderr)
+    return 1 if names else 0
+
+
+def failures(report: dict) -> list[str]:
+    """What failed in ``report``, one name each: ``mode/pipeline`` per failed row, and ``trace``
+    when the trace was asked for and raised (the scripts name them on stderr and exit 1)."""
+    names = [f"{r.mode}/{r.pipeline}" for r in report["rows"] if r.status == "failed"]
+    trace = report.get("trace")
+    if isinstance(trace, dict) and trace.get("status") == "failed":
+        names.append("trace")
+    return names
+
+
+def write_markdown(report: dict, path) -> None:
+    """``report["markdown"]`` at ``path``, written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_writer(path) as f:
+        f.write((report["markdown"] + "\n").encode())
+
+
+def writer(json_path=None, markdown_path=None) -> Callable[[dict], None]:
+    """``write(report)``: the report's JSON and markdown files (those given), rewritten atomically;
+    called after every row, and once more at the end."""
+
+    def write(report: dict) -> None:
+        if json_path:
+            write_report_json(report, json_path)
+        if markdown_path:
+            write_markdown(report, markdown_path)
+
+    return write
 
 
 def report_json(report: dict) -> dict:

@@ -17,9 +17,15 @@ Every training figure times the engine's own hot path, :class:`~fastfm.engine.st
   path built for fp32, NCHW, batch 128 (:func:`fastfm.bench.baseline.time_training`);
 * ``reference``: the GTX 1060 6GB ceiling, *computed* from the model's FLOPs per image and the card's
   FP32 peak (:mod:`fastfm.bench.flops`), never measured.
+* the matrix (``--matrix``, :func:`matrix_rows`): ``step`` and ``full`` rows of a hot path built by
+  the engine for each ``train.compile_mode`` (eager, compiled, compiled with CUDA graphs) x batch,
+  named in ``variant``, with the ATen operator calls of one augmenter call and one step
+  (``op_calls``, :func:`count_op_calls`).
 
 Derived columns: achieved TFLOP/s = FLOPs per training image (fwd + bwd, ``FlopCounterMode``) x
-images/sec; fraction of the device's peak (:class:`~fastfm.bench.flops.Peaks`); speed-up over the
+images/sec; fraction of the device's spec peak for the math mode the row ran in (bf16/fp16, TF32 or
+FP32; ``peak_source``) and of a measured matrix-product ceiling (:class:`~fastfm.bench.flops.Peaks`);
+figures on CUDA are device time from CUDA events (``clock``); speed-up over the
 baseline (:func:`~fastfm.bench.report.compare_to_baseline`) and over the GTX 1060 ceiling.  The
 augmentation share of a ``full`` row is ``1 - step_ms / full_ms``: the measured full iteration
 against the step-only timing of the same configuration.
@@ -31,6 +37,7 @@ import dataclasses
 import functools
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,12 +53,16 @@ from .aug_cost import aug_row
 from .flops import GTX1060_FP32_TFLOPS, Peaks, gtx1060_ceiling_images_per_sec, train_flops_per_image
 from .hot_path import build_single, iteration_fn, native_config, with_backend
 from .inputs import benchmark_images, synthetic_batch
-from .report import (TRAINING_MODES, Row, attempt, compare_to_baseline, markdown_table, measured_environment,
-                     missing, problem_notes)
-from .timing import time_fn
+from .report import (TRAINING_MODES, Row, RowLog, attempt, compare_to_baseline, guarded, markdown_table,
+                     measured_environment, missing, problem_notes)
+from .timing import synchronize, time_fn
 from .trace import write_trace
 
 MODES = ("aug", "step", "full", "baseline")
+# The matrix's compile modes (train.compile_mode) and what each row calls them.
+MATRIX_MODES = {"none": "eager", "default": "compiled", "reduce-overhead": "compiled + CUDA graphs",
+                "max-autotune": "compiled, max-autotune"}
+MATRIX_BATCHES = (128, 512)
 FULL_DATASET = 60_000
 
 # What a CUDA run uses unless told otherwise, and the CPU's scaled-down stand-ins (a WRN-40-4 step
@@ -115,12 +126,15 @@ def model_label(cfg: Config) -> str:
 def resolve_settings(*, device: str = "auto", config: str | None = None, model: str | None = None,
                      batch_size: int | None = None, precision: str | None = None,
                      channels_last: bool | None = None, compile: bool | None = None,  # noqa: A002
+                     compile_mode: str | None = None,
                      modes=MODES, backends=BACKENDS, workers: int | None = None,
                      warmup: int | None = None, iters: int | None = None, repeats: int | None = None,
                      baseline_batch: int = 128, data_root: str = "data") -> Settings:
     """Defaults <- ``config`` (a YAML preset) <- the explicit arguments, with CPU stand-ins for the
     model, batch and timing counts that neither names.  Raises ``ValueError`` (``ConfigError`` is
-    one) naming the bad option: unknown mode or backend, batch < 2, CUDA asked for but absent."""
+    one) naming the bad option: unknown mode or backend, batch < 2, CUDA asked for but absent.
+    ``compile``: the old switch, True meaning ``compile_mode="default"``, False ``"none"``;
+    ``compile_mode`` (``train.compile_mode``) wins when both are given."""
     dev = resolve_device(device)
     bad_modes = [m for m in modes if m not in MODES]
     if bad_modes or not modes:
@@ -144,8 +158,10 @@ def resolve_settings(*, device: str = "auto", config: str | None = None, model: 
             scaled.append(f"batch {batch_size} (GPU default {GPU_DEFAULTS['batch_size']})")
     if batch_size is not None:
         overrides += ["--train.batch_size", str(batch_size)]
+    if compile_mode is None and compile is not None:
+        compile_mode = "default" if compile else "none"
     for key, value in (("train.precision", precision), ("aug.channels_last", channels_last),
-                       ("train.compile", compile)):
+                       ("train.compile_mode", compile_mode)):
         if value is not None:
             overrides += [f"--{key}", str(value).lower()]
     cfg = Config.load(config, overrides)
@@ -181,22 +197,20 @@ def describe(hot: HotPath) -> dict:
     c = hot.cfg
     return dict(model=model_label(c), parameters=sum(p.numel() for p in hot.model.parameters()),
                 batch=c.train.batch_size, precision=hot.precision.name,
-                channels_last=c.aug.channels_last, compile=c.train.compile, optimizer=c.optim.name,
+                channels_last=c.aug.channels_last, compile_mode=c.train.compile_mode, optimizer=c.optim.name,
                 ema=c.ema.enabled, input=(c.aug.channels, c.aug.out_size, c.aug.out_size))
 
 
-def aug_rows(s: Settings, pool: ResidentData) -> list[Row]:
-    """Each backend's whole stack on ``pool``'s first batch, and the baseline's augmentation."""
+def aug_rows(s: Settings, pool: ResidentData, log: RowLog) -> None:
+    """Each backend's whole stack on ``pool``'s first batch, and the baseline's augmentation, each in
+    its own guard, into ``log``."""
     images, labels, b = pool.images[: s.batch_size], pool.labels[: s.batch_size], s.batch_size
-    rows = []
     for name in s.backends:
         cfg = dataclasses.replace(s.cfg.aug, backend=name)
-        rows += attempt(functools.partial(aug_row, cfg, images, labels, seed=s.cfg.train.seed, **s.timing),
-                        mode="aug", pipeline=name, batch=b)
-    rows += attempt(lambda: baseline.aug_row(images.squeeze(1).cpu().numpy(), labels.cpu().numpy(), b,
-                                             s.repeats),
-                    mode="aug", pipeline="baseline", batch=b)
-    return rows
+        log.attempt(functools.partial(aug_row, cfg, images, labels, seed=s.cfg.train.seed, **s.timing),
+                    mode="aug", pipeline=name, batch=b)
+    log.attempt(lambda: baseline.aug_row(images.squeeze(1).cpu().numpy(), labels.cpu().numpy(), b, s.repeats),
+                mode="aug", pipeline="baseline", batch=b)
 
 
 def step_row(s: Settings, hot: HotPath) -> Row:
@@ -219,7 +233,7 @@ def baseline_row(s: Settings, pool: ResidentData, mean: float, std: float, flops
     ``s.cfg`` for fp32, NCHW, no compile and the baseline batch; ``flops`` receives its FLOPs per
     training image at the baseline's image side."""
     cfg = native_config(s.cfg, aug=dict(channels_last=False),
-                        train=dict(precision="fp32", compile=False, batch_size=s.baseline_batch))
+                        train=dict(precision="fp32", compile_mode="none", batch_size=s.baseline_batch))
     hot = build_single(cfg, s.device, pool, mean, std)
     if baseline.SIZE not in flops:
         flops[baseline.SIZE] = train_flops_per_image(hot.model, cfg.aug.channels, baseline.SIZE, s.device)
@@ -248,82 +262,202 @@ def annotate(rows: list[Row], peaks: Peaks) -> None:
     for r in rows:
         if not r.ok:
             continue
-        if r.mode in TRAINING_MODES:
+        if r.mode in TRAINING_MODES and r.flops_per_image is not None:   # None: the FLOP count failed
             r.achieved_tflops = r.flops_per_image * r.images_per_sec / 1e12
-            peak, r.peak_source = peaks(r.precision)
-            r.peak_fraction = r.achieved_tflops / peak
+            r.peak_tflops, r.peak_source = peaks(r.precision)
+            r.peak_fraction = r.achieved_tflops / r.peak_tflops
+            measured, r.measured_peak_source = peaks.measured(r.precision)
+            r.measured_peak_fraction = r.achieved_tflops / measured
         if gtx and r.mode != "aug":
             r.vs_gtx1060 = r.images_per_sec / gtx
     compare_to_baseline(rows)
 
 
 def training_rows(s: Settings, hot: HotPath, pool: ResidentData, mean: float, std: float,
-                  flops: dict[int, float]) -> list[Row]:
+                  flops: dict[int, float], log: RowLog) -> None:
     """The ``step``, ``full`` and ``baseline`` rows that ``s.modes`` asks for, and the GTX 1060 row
-    beside them.  ``pool``: every loaded image (the baseline's DataLoader draws from them); ``flops``
-    receives the FLOPs per training image by image side."""
+    beside them, each in its own guard, into ``log``.  ``pool``: every loaded image (the baseline's
+    DataLoader draws from them); ``flops`` receives the FLOPs per training image by image side."""
     if not any(m in s.modes for m in TRAINING_MODES):
-        return []
+        return
     size = s.cfg.aug.out_size
     flops[size] = train_flops_per_image(hot.model, s.cfg.aug.channels, size, s.device)
-    rows, step_ms = [], None
+
+    def add(rows: list[Row]) -> None:
+        for r in rows:
+            r.flops_per_image = flops[size]
+        log.add(rows)
+
+    step_ms = None
     if "step" in s.modes or "full" in s.modes:
         step = attempt(lambda: step_row(s, hot), mode="step", pipeline="synthetic input", batch=s.batch_size)
         step_ms = step[0].ms_per_batch
         if "step" in s.modes or not step[0].ok:       # a failed step is said even when not asked for
-            rows += step
+            add(step)
     if "full" in s.modes:
         for name in s.backends:
-            rows += attempt(functools.partial(full_row, s, hot, name, mean, std, step_ms), mode="full",
-                            pipeline=name, batch=s.batch_size)
-    for r in rows:
-        r.flops_per_image = flops[size]
+            add(attempt(functools.partial(full_row, s, hot, name, mean, std, step_ms), mode="full",
+                        pipeline=name, batch=s.batch_size))
     if "baseline" in s.modes:
-        rows += attempt(lambda: baseline_row(s, pool, mean, std, flops), mode="baseline", pipeline="baseline",
-                        batch=s.baseline_batch)
-    rows.append(gtx1060_row(flops[size], s.baseline_batch))
-    return rows
+        log.attempt(lambda: baseline_row(s, pool, mean, std, flops), mode="baseline", pipeline="baseline",
+                    batch=s.baseline_batch)
+    log.add([gtx1060_row(flops[size], s.baseline_batch)])
+
+
+def unbuilt_rows(s: Settings, error: str) -> list[Row]:
+    """The failed rows of every training row asked for, when the hot path (or its FLOP count) could
+    not be built: each row the run would have had keeps its place and says why."""
+    keys = ([("step", "synthetic input", s.batch_size)] if "step" in s.modes else []) + \
+        ([("full", name, s.batch_size) for name in s.backends] if "full" in s.modes else []) + \
+        ([("baseline", "baseline", s.baseline_batch)] if "baseline" in s.modes else [])
+    return [Row(mode, pipeline, batch, status="failed", error=error) for mode, pipeline, batch in keys]
+
+
+def count_op_calls(fn: Callable[[], object], device: torch.device) -> dict:
+    """ATen operator calls (``aten::*`` profiler events, nested calls included) in one call of
+    ``fn``, after one untimed call (compilation, lazy init); on CUDA also the kernels launched."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    synchronize(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        fn()
+        synchronize(device)
+    events = prof.events()
+    counts = dict(aten_ops=sum(1 for e in events if e.name.startswith("aten::")))
+    if device.type == "cuda":
+        counts["cuda_kernels"] = sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+    return counts
+
+
+def matrix_variant(compile_mode: str, batch: int, device: torch.device) -> str:
+    """A matrix row's name; it never claims CUDA graphs where they cannot run."""
+    name = MATRIX_MODES[compile_mode]
+    if compile_mode == "reduce-overhead" and device.type != "cuda":
+        name = "compiled, reduce-overhead without CUDA graphs (CPU)"
+    return f"{name}, batch {batch}"
+
+
+def matrix_cell(s: Settings, data: ResidentData, mean: float, std: float, batch: int, compile_mode: str,
+                flops_per_image: float) -> list[Row]:
+    """The step alone and the full iteration of one hot path built by the engine for ``batch`` and
+    ``compile_mode`` (``train.compile_mode``: the engine compiles the model itself), with the
+    augmenter's and the step's operator calls.  On the CPU ``reduce-overhead`` compiles without CUDA
+    graphs (inductor skips them off CUDA): the row's config says what ran."""
+    cfg = native_config(s.cfg, train=dict(batch_size=batch, compile_mode=compile_mode))
+    hot = build_single(cfg, s.device, data, mean, std)
+    variant = matrix_variant(compile_mode, batch, s.device)
+    ran = dict(describe(hot), compile_mode=compile_mode,
+               cuda_graphs=compile_mode == "reduce-overhead" and s.device.type == "cuda")
+    if compile_mode == "reduce-overhead" and s.device.type != "cuda":
+        ran["note"] = "reduce-overhead on the CPU: compiled without CUDA graphs (they need CUDA)"
+    x, targets = synthetic_batch(hot.cfg, batch, s.device)
+    images, labels = data.images[:batch], data.labels[:batch]
+    ops = dict(step=count_op_calls(lambda: hot.step(x, targets), s.device),
+               augmenter=count_op_calls(lambda: hot.augmenter(images, labels), s.device))
+    step_t = time_fn(lambda: hot.step(x, targets), s.device, **s.timing)
+    full_t = time_fn(iteration_fn(hot), s.device, **s.timing)
+    common = dict(precision=hot.precision.name, variant=variant, flops_per_image=flops_per_image, op_calls=ops)
+    return [Row.timed("step", "synthetic input", batch, step_t, config=ran, **common),
+            Row.timed("full", "native", batch, full_t, config=dict(ran, backend="native"),
+                      step_ms=step_t.ms_median, aug_share=1.0 - step_t.ms_median / full_t.ms_median, **common)]
+
+
+def matrix_rows(s: Settings, data: ResidentData, mean: float, std: float, flops: dict[int, float],
+                log: RowLog, batches=MATRIX_BATCHES, compile_modes=("none", "default", "reduce-overhead")) -> None:
+    """The throughput matrix: for each compile mode x batch, :func:`matrix_cell`'s two rows, each
+    cell in its own guard (a mode that fails to compile costs only its cell)."""
+    size = s.cfg.aug.out_size
+    for batch in batches:
+        for mode in compile_modes:
+            rows = attempt(functools.partial(matrix_cell, s, data, mean, std, batch, mode, flops.get(size)),
+                           mode="full", pipeline="native", batch=batch)
+            for r in rows:
+                r.variant = r.variant or matrix_variant(mode, batch, s.device)
+            log.add(rows)
 
 
 # ---------------------------------------------------------------------- the report
 
 
-COLUMNS = [("mode", "mode", ""), ("pipeline", "pipeline", ""), ("batch", "batch", "d"),
+COLUMNS = [("mode", "mode", ""), ("pipeline", "pipeline", ""), ("variant", "variant", ""), ("batch", "batch", "d"),
            ("precision", "precision", ""), ("images_per_sec", "images/s", ",.0f"),
            ("ms_per_batch", "ms/batch", ".1f"), ("aug_share", "aug share", ".1%"),
            ("achieved_tflops", "TFLOP/s", ".3f"), ("peak_fraction", "% of peak", ".1%"),
+           ("measured_peak_fraction", "% of measured", ".1%"),
            ("vs_baseline", "× baseline", ".1f"), ("vs_gtx1060", "× GTX 1060", ".2f")]
 
 
-def throughput_report(s: Settings, trace_dir: str | Path | None = None, trace_steps: int = 3) -> dict:
+def throughput_report(s: Settings, trace_dir: str | Path | None = None, trace_steps: int = 3,
+                      on_update: Callable[[dict], None] | None = None, matrix: dict | None = None) -> dict:
     """Time every requested mode; return environment, settings, rows, markdown.
 
-    With ``trace_dir``, also writes a profiler trace of ``trace_steps`` full iterations with the
-    first available backend (:func:`fastfm.bench.trace.write_trace`).
+    Every row is measured in its own guard (:class:`~fastfm.bench.report.RowLog`): one that raises
+    is a ``failed`` row with its error, and the rest are still measured.  ``on_update(report)`` is
+    called with the report so far after every row, and with the whole report at the end (the
+    scripts rewrite their files each time).  With ``trace_dir``, a profiler trace of ``trace_steps``
+    full iterations with the first available backend is written last, in a guard of its own
+    (:func:`fastfm.bench.trace.write_trace`); ``report["trace"]`` is its summary, or
+    ``{"status": "failed", "error": ...}``.  ``matrix``: :func:`matrix_rows`'s ``batches`` and
+    ``compile_modes``, measured after the other rows and before the trace.
     """
     load_before = os.getloadavg()
     dev, cfg = s.device, s.cfg
-    n = max(s.full_images(), s.baseline_batch * s.calls if "baseline" in s.modes else 0, s.batch_size)
-    pool, source = benchmark_images(dev, min(n, FULL_DATASET), s.data_root)
-    rows: list[Row] = []
-    if "aug" in s.modes:
-        rows += aug_rows(s, pool)
     flops: dict[int, float] = {}
-    trace = None
+    peaks = Peaks(dev)
+    state: dict = dict(trace=None, input=None)
+
+    def build(rows: list[Row]) -> dict:
+        rows = list(rows)
+        annotate(rows, peaks)
+        report = dict(environment=measured_environment(dev, load_before), settings=_settings_dict(s),
+                      input=state["input"], flops_per_image=dict(flops),
+                      peaks={p: dict(tflops=v, source=src) for p, (v, src) in peaks.found.items()},
+                      measured_peaks={p: dict(tflops=v, source=src)
+                                      for p, (v, src) in peaks.measured_found.items()},
+                      rows=rows, missing=missing(rows), trace=state["trace"])
+        report["markdown"] = _markdown(report, s)
+        return report
+
+    log = RowLog(None if on_update is None else (lambda rows: on_update(build(rows))))
+    n = max(s.full_images(), s.baseline_batch * s.calls if "baseline" in s.modes else 0, s.batch_size,
+            max(matrix.get("batches", MATRIX_BATCHES)) if matrix is not None else 0)
+    hot, error = None, None
+    pool, state["input"] = benchmark_images(dev, min(n, FULL_DATASET), s.data_root)
+    if "aug" in s.modes:
+        aug_rows(s, pool, log)
     if any(m in s.modes for m in TRAINING_MODES) or trace_dir is not None:
         data = ResidentData(pool.images[: s.full_images()], pool.labels[: s.full_images()])
         mean, std = data.pixel_stats()
-        hot = build_single(native_config(cfg), dev, data, mean, std)
-        rows += training_rows(s, hot, pool, mean, std, flops)
-        if trace_dir is not None:
-            trace = write_trace(hot, s.backends, mean, std, Path(trace_dir), trace_steps, s.warmup)
-    peaks = Peaks(dev)
-    annotate(rows, peaks)
-    report = dict(environment=measured_environment(dev, load_before), settings=_settings_dict(s),
-                  input=source, flops_per_image=flops,
-                  peaks={p: dict(tflops=v, source=src) for p, (v, src) in peaks.found.items()},
-                  rows=rows, missing=missing(rows), trace=trace)
-    report["markdown"] = _markdown(report, s)
+        # A ValueError here is the configuration's (an unknown timm model, a bad depth): an option to
+        # fix, reported as ``error: ...`` by the script, not a fault to isolate.
+        hot, error = guarded("building the hot path", lambda: build_single(native_config(cfg), dev, data, mean, std),
+                             reraise=(ValueError,))
+        if error is None:
+            _, error = guarded("the training rows", lambda: training_rows(s, hot, pool, mean, std, flops, log))
+        if error is not None:
+            done = {(r.mode, r.pipeline) for r in log}
+            log.add([r for r in unbuilt_rows(s, error) if (r.mode, r.pipeline) not in done])
+    if matrix is not None:
+        # All loaded images: a matrix batch may be larger than the rows' batch.
+        mdata = ResidentData(pool.images, pool.labels)
+        mmean, mstd = mdata.pixel_stats()
+        size = cfg.aug.out_size
+        if size not in flops:
+            _, error = guarded("counting FLOPs", lambda: flops.setdefault(size, train_flops_per_image(
+                build_single(native_config(cfg), dev, mdata, mmean, mstd).model, cfg.aug.channels, size, dev)))
+        matrix_rows(s, mdata, mmean, mstd, flops, log, **matrix)
+    if trace_dir is not None:
+        if hot is None:
+            state["trace"] = dict(status="failed", error=f"no hot path to trace: {error}")
+        else:
+            trace, error = guarded("the trace", lambda: write_trace(hot, s.backends, mean, std, Path(trace_dir),
+                                                                    trace_steps, s.warmup))
+            state["trace"] = trace if error is None else dict(status="failed", error=error)
+    report = build(log)
+    if on_update is not None:
+        on_update(report)
     return report
 
 
@@ -364,7 +498,9 @@ def _markdown(report: dict, s: Settings) -> str:
                      "oneDNN convolutions can outrun the BLAS matrix product).")
     notes += problem_notes(report["rows"])
     trace = report["trace"]
-    if trace:
+    if trace and trace.get("status") == "failed":
+        notes.append(f"trace: failed — {trace['error']}")
+    elif trace:
         notes.append(f"trace: {trace['path']} ({trace['backend']}, {trace['steps']} full iterations)")
     lines += ["- " + n for n in notes]
     return "\n".join(lines)

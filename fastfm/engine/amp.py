@@ -125,16 +125,24 @@ class BufferGuard:
     """
 
     def __init__(self, model: torch.nn.Module):
-        self.buffers = list(model.buffers())
-        self.saved = [b.detach().clone() for b in self.buffers]
+        # Flat views of the buffers, grouped by dtype and built once: a save is one concatenation,
+        # a restore one select and one foreach copy per dtype, with no Python loop over the
+        # (hundreds of) buffers per step.  The views stay valid because the forward pass and
+        # load_state_dict update the buffers in place.
+        self.groups = []
+        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+        for b in model.buffers():
+            by_dtype.setdefault(b.dtype, []).append(b.detach().view(-1))
+        for views in by_dtype.values():
+            self.groups.append((views, [v.numel() for v in views], torch.cat(views)))
 
     def save(self) -> None:
-        for s, b in zip(self.saved, self.buffers):
-            s.copy_(b)
+        for views, _, saved in self.groups:
+            torch.cat(views, out=saved)
 
     def restore_if(self, flag: torch.Tensor) -> None:
-        for s, b in zip(self.saved, self.buffers):
-            b.copy_(torch.where(flag, s, b))
+        for views, sizes, saved in self.groups:
+            torch._foreach_copy_(views, torch.where(flag, saved, torch.cat(views)).split(sizes))
 
 
 class NoGuard:

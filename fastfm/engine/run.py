@@ -3,13 +3,14 @@ training epochs and evaluation.
 
 Set-up order, once: config -> device and process group -> resident data (and the batch size against
 it) -> the hot path (:func:`~fastfm.engine.step.build_hot_path`: model, EMA, optimizer, schedule,
-gradient update, ``torch.compile``, DDP wrap, augmenter, loader) -> the run folder -> resume.
-``HotPath.iteration`` then runs the same code whatever was chosen.
+gradient update, DDP wrap, ``torch.compile`` (``train.compile_mode``), augmenter, loader) -> the run
+folder -> resume.  ``HotPath.iteration`` then runs the same code whatever was chosen.
 
 Host synchronisation.  Inside an epoch the host waits for the device only at a *refresh*: every
 ``train.log_every`` steps and at the epoch's last step.  Per step, the loss, the number of finite
 losses and the first step with a non-finite loss go into device accumulators
-(:class:`~fastfm.engine.step.StepStats`) and the gradient update counts skipped steps on the device.  A refresh reads them all in one transfer (after
+(:class:`~fastfm.engine.step.StepStats`) and the gradient update counts skipped steps on the device.
+A refresh reads them all in one transfer (after
 one all-reduce under DDP), updates the progress bar, stops the run on a non-finite loss (naming the
 step), takes skipped steps out of the schedule and acts on a pending SIGTERM.
 

@@ -3,7 +3,8 @@
 ``build_hot_path`` makes it once, in the one order every caller uses (the trainer in
 :mod:`fastfm.engine.run`, the throughput benchmark in :mod:`fastfm.bench.throughput`): backend
 flags, seeded weights (the same on every rank), channels_last, SyncBatchNorm, EMA, optimizer,
-schedule, gradient update, ``torch.compile``, DDP wrap, then the per-rank random streams and the
+schedule, gradient update, DDP wrap, ``torch.compile`` (of the DDP-wrapped model: see
+:func:`fastfm.distributed.wrap_ddp` for why this order), then the per-rank random streams and the
 augmenter, and the epoch loader over the resident data.  ``HotPath.iteration`` is then the same
 code whatever was chosen: no branch on precision, compile or DDP inside it, and no host sync (the
 loss statistics stay on the device in :class:`StepStats` until the trainer's periodic refresh).
@@ -31,6 +32,7 @@ from .amp import (
     create_gradient_update,
     resolve_precision,
 )
+from .ema import ModelEma
 from .optim import WarmupCosine, create_optimizer
 
 
@@ -100,11 +102,11 @@ class HotPath:
     loader: EpochLoader             # this rank's shard of each epoch, uint8 batches on the device
     augmenter: Augmenter
     model: nn.Module                # unwrapped and uncompiled: checkpoints, EMA and evaluation use it
-    ema: nn.Module | None
+    ema: ModelEma | None            # ema.module: the averaged copy
     optimizer: torch.optim.Optimizer
     precision: Precision
     update: GradientUpdate          # backward, clipping, optimizer step (engine/amp.py)
-    step: OptimizerStep             # wraps the compiled, DDP-wrapped model
+    step: OptimizerStep             # wraps the DDP-wrapped, compiled model
     schedule: WarmupCosine
     stats: StepStats
 
@@ -117,7 +119,7 @@ class HotPath:
         x, targets = self.augmenter(images, labels)
         self.stats.update(self.step(x, targets))
         if self.ema is not None:
-            self.ema.update(self.model, step=step)
+            self.ema.update(step)
         return lr
 
 
@@ -139,15 +141,15 @@ def build_hot_path(cfg: Config, info: DistInfo, train_data: ResidentData, mean: 
     model = convert_sync_bn(model, info, tc.sync_bn)
     ema = None
     if cfg.ema.enabled:
-        from timm.utils import ModelEmaV3
-
-        ema = ModelEmaV3(model, decay=cfg.ema.decay, use_warmup=cfg.ema.warmup)
+        ema = ModelEma(model, decay=cfg.ema.decay, warmup=cfg.ema.warmup)
     optimizer = create_optimizer(model, cfg.optim, device)
     schedule = WarmupCosine.from_config(cfg.optim.lr, cfg.sched, tc.epochs, len(loader))
     skip = tc.on_nonfinite == "skip"
     update = create_gradient_update(precision, model.parameters(), cfg.optim.clip_grad, device, skip)
-    net = torch.compile(model) if tc.compile else model
-    step = OptimizerStep(wrap_ddp(net, info), optimizer, precision, update, tc.label_smoothing,
+    net = wrap_ddp(model, info)
+    if tc.compile_mode != "none":
+        net = torch.compile(net, mode=tc.compile_mode)
+    step = OptimizerStep(net, optimizer, precision, update, tc.label_smoothing,
                          create_buffer_guard(model, skip))
     # Per-rank random streams (dropout, augmentation); the data order is shared by all ranks.
     torch.manual_seed(tc.seed + info.rank)
