@@ -30,7 +30,12 @@ from fastfm.augment import create_augmenter as real_create_augmenter
 from fastfm.bench import aug_cost, hot_path
 from fastfm.bench.aug_cost import OPS, aug_cost_report, op_ladder
 from fastfm.bench.flops import gtx1060_ceiling_images_per_sec
-from fastfm.bench.hot_path import build_single, iteration_fn, native_config, with_backend
+from fastfm.bench.hot_path import (
+    build_single,
+    iteration_fn,
+    native_config,
+    with_backend,
+)
 from fastfm.bench.report import Row, report_json, write_report_json
 from fastfm.bench.throughput import resolve_settings, throughput_report
 from fastfm.bench.trace import write_trace

@@ -19,10 +19,10 @@ import pytest
 import torch
 
 from fastfm.augment import BACKENDS, AugConfig, BackendUnavailable, create_augmenter
-from fastfm.config import Config
-from fastfm.data.resident import EpochLoader, ResidentData
 from fastfm.bench.hot_path import build_single, endless, iteration_fn
 from fastfm.bench.throughput import resolve_settings
+from fastfm.config import Config
+from fastfm.data.resident import EpochLoader, ResidentData
 
 pytestmark = pytest.mark.gpu
 

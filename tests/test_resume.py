@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from procs import wait_for
 from test_train import tiny_config
 
 from fastfm.engine.run import Interrupted, StopSignal, train
@@ -102,20 +103,6 @@ def _launch(args: list[str]) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def _wait_for(proc: subprocess.Popen, text: str, timeout: float = 120) -> str:
-    """Read stdout until a line containing ``text``; returns everything read."""
-    seen, deadline = "", time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line and proc.poll() is not None:
-            break
-        seen += line
-        if text in line:
-            return seen
-    proc.kill()
-    raise AssertionError(f"{text!r} not printed; got:\n{seen}\n{proc.stderr.read()}")
-
-
 @pytest.mark.slow
 def test_sigterm_writes_checkpoint_and_auto_resume_continues(tmp_path, data_root):
     args = ["--config", "configs/cpu.yaml", "--out_dir", str(tmp_path), "--name", "sig",
@@ -123,7 +110,7 @@ def test_sigterm_writes_checkpoint_and_auto_resume_continues(tmp_path, data_root
             "--epochs", "500", "--train.batch_size", "128", "--train.log_every", "1",
             "--train.progress", "false", "--train.resume", "auto"]
     proc = _launch(args)
-    _wait_for(proc, "steps/epoch")          # set-up done: the SIGTERM handler is installed
+    wait_for(proc, "steps/epoch")          # set-up done: the SIGTERM handler is installed
     time.sleep(1.0)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
@@ -134,9 +121,9 @@ def test_sigterm_writes_checkpoint_and_auto_resume_continues(tmp_path, data_root
 
     # What torchrun --max-restarts (or a job scheduler) does: the same command again.
     proc = _launch(args)
-    out = _wait_for(proc, "resumed from")
+    out = wait_for(proc, "resumed from")
     assert f"batch {first['epoch_step']} of 8" in out
-    _wait_for(proc, "train loss")            # at least one more epoch finished
+    wait_for(proc, "train loss")            # at least one more epoch finished
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from procs import wait_for
 from test_resume import assert_same_state
 
 from fastfm.engine.evaluate import evaluate_checkpoint
@@ -46,20 +47,6 @@ def launch(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "scripts/train.py", *args], cwd=REPO, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-
-def wait_for(proc: subprocess.Popen, text: str, timeout: float = 120) -> str:
-    """Read the process's stdout until a line containing ``text``; returns what was read."""
-    seen, deadline = "", time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line and proc.poll() is not None:
-            break
-        seen += line
-        if text in line:
-            return seen
-    proc.kill()
-    raise AssertionError(f"{text!r} not printed; got:\n{seen}\n{proc.stderr.read()}")
 
 
 def assert_error(r: subprocess.CompletedProcess, message: str, code: int = 2) -> None:

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from procs import wait_for
 from test_resume import assert_same_state
 from test_run_safety import base
 
@@ -77,25 +78,12 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def wait_for_line(proc: subprocess.Popen, text: str, timeout: float = 180) -> str:
-    seen, deadline = "", time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line and proc.poll() is not None:
-            break
-        seen += line
-        if text in line:
-            return seen
-    proc.kill()
-    raise AssertionError(f"{text!r} not printed; got:\n{seen}\n{proc.stderr.read()}")
-
-
 def test_a_frozen_rank_fails_the_job_after_the_timeout(tmp_path, data_root):
     timeout_s = 10
     args = base(data_root, tmp_path, "frozen", "--epochs", "500", "--train.log_every", "1",
                 "--train.dist_timeout_s", str(timeout_s))
     job = torchrun(["--standalone", "--nproc_per_node", "2"], args)
-    wait_for_line(job, "steps/epoch")
+    wait_for(job, "steps/epoch", timeout=180)
     rank0, rank1 = worker(job.pid, 0), worker(job.pid, 1)
     time.sleep(1.0)
     os.kill(rank1, signal.SIGSTOP)
@@ -119,7 +107,7 @@ def test_elastic_restart_after_a_lost_rank_is_bit_identical(tmp_path, data_root)
     standalone(base(data_root, tmp_path, "reference", "--epochs", "4"))
     args = base(data_root, tmp_path, "elastic", "--epochs", "4", "--train.resume", "auto")
     job = torchrun(["--standalone", "--nproc_per_node", "2", "--max-restarts", "1"], args)
-    wait_for_line(job, "epoch   1/4")
+    wait_for(job, "epoch   1/4", timeout=180)
     deadline = time.monotonic() + 60
     while not (tmp_path / "elastic" / "last.pt").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
