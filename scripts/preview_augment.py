@@ -39,13 +39,8 @@ def main(argv=None) -> int:
     if any(tok.startswith("--") and not tok.startswith("--aug.") for tok in overrides):
         raise ConfigError(f"only --aug.KEY overrides are accepted here, got {overrides}")
     aug = Config.load(args.config, overrides).aug
-    try:
-        status = preview(args.out, backends=args.backend, data_root=args.data, n=args.n,
-                         rows=args.rows, seed=args.seed, device=args.device, aug=aug)
-    except ValueError as e:         # preview's ValueErrors name the option at fault
-        if isinstance(e, ConfigError):
-            raise
-        raise ConfigError(str(e)) from None
+    status = preview(args.out, backends=args.backend, data_root=args.data, n=args.n,
+                     rows=args.rows, seed=args.seed, device=args.device, aug=aug)
     for name, s in status.items():
         print(f"{name}: {s}")
     print(f"wrote {args.out}")

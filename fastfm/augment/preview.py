@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ..config import ConfigError
 from ..distributed import parse_device
 from ..files import check_writable
 from . import BackendUnavailable, create_augmenter
@@ -26,13 +27,14 @@ def preview(out: str | Path, *, backends=("native",), data_root="data", n: int =
     """Write ``out``: for each backend, ``n`` training images (top row: the test-time view) and
     ``rows`` independent augmentations of each.  Returns {backend: "ok" | reason it is missing}.
 
-    Raises ``ValueError`` naming the script's option (``--n``, ``--rows``, ``--device``, ``--out``)
-    for a count below 1, an unknown or absent device, or an ``out`` that cannot be written, before
-    any data is read.
+    Raises, before any data is read, an error naming the script's option: :class:`ConfigError`
+    (``--n``, ``--rows`` below 1), :class:`~fastfm.distributed.DeviceError` (``--device``) or
+    :class:`~fastfm.files.OutputPathError` (``--out``); :class:`BackendUnavailable` when no backend
+    could be built.
     """
     for name, value in (("--n", n), ("--rows", rows)):
         if value < 1:
-            raise ValueError(f"{name}: must be >= 1, got {value}")
+            raise ConfigError(f"{name}: must be >= 1, got {value}")
     device = parse_device(str(device))
     check_writable(out, "--out")
 
@@ -59,7 +61,7 @@ def preview(out: str | Path, *, backends=("native",), data_root="data", n: int =
         panels.append((name, _to_grid(torch.cat(shown), mean, std, nrow=n)))
         status[name] = "ok"
     if not panels:
-        raise ValueError("no backend could be built: " + "; ".join(f"{k}: {v}" for k, v in status.items()))
+        raise BackendUnavailable("no backend could be built: " + "; ".join(f"{k}: {v}" for k, v in status.items()))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2 * (rows + 1) / n + 0.7), squeeze=False)
     for ax, (name, grid) in zip(axes[0], panels):
         ax.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")

@@ -217,11 +217,6 @@ class RunFolder:
                                  f"kept: {', '.join(foreign)}")
         return None
 
-    # ------------------------------------------------------------------ writing
-
-    def write_config(self, text: str) -> None:
-        write_text(self.path / "config.yaml", text)
-
 
 def _owned(run: Path) -> bool:
     """True when fastfm may use ``run``: it holds fastfm's marker, or holds nothing (or only the
