@@ -118,17 +118,17 @@ def test_nonfinite_loss_skip_mode(tmp_path, data_root, monkeypatch):
     assert state["progress"]["step"] == 16 and state["progress"]["skipped"] == 1
 
 
-def test_skipping_scaler_leaves_weights_and_counts():
+def test_skipping_update_leaves_weights_and_counts():
     model = torch.nn.Linear(4, 3)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    scaler = create_gradient_update(Precision("fp32", torch.device("cpu")), model.parameters(), 1.0,
-                           torch.device("cpu"), skip_nonfinite=True)
+    update = create_gradient_update(Precision("fp32", torch.device("cpu")), model.parameters(), 1.0,
+                                    torch.device("cpu"), skip_nonfinite=True)
     before = [p.detach().clone() for p in model.parameters()]
-    scaler(model(torch.full((2, 4), float("nan"))).sum(), opt)
-    assert int(scaler.skipped) == 1
+    update(model(torch.full((2, 4), float("nan"))).sum(), opt)
+    assert int(update.skipped) == 1
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
-    scaler(model(torch.ones(2, 4)).sum(), opt)
-    assert int(scaler.skipped) == 1
+    update(model(torch.ones(2, 4)).sum(), opt)
+    assert int(update.skipped) == 1
     assert not torch.equal(before[0], model.weight)
 
 

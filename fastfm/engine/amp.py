@@ -156,7 +156,7 @@ class NoGuard:
 
 
 def create_gradient_update(precision: Precision, parameters: Iterable[torch.Tensor], clip_grad: float,
-                  device: torch.device, skip_nonfinite: bool) -> GradientUpdate:
+                           device: torch.device, skip_nonfinite: bool) -> GradientUpdate:
     """fp16 -> dynamic loss scaling; fp32/bf16 -> plain, or scale-1 skipping when ``skip_nonfinite``."""
     if precision.name == "fp16":
         return ScaledGradientUpdate(parameters, clip_grad, device)
