@@ -71,6 +71,14 @@ class Augmenter(abc.ABC):
         with self.op_range("finish"):
             return finish(x, self.cfg), y
 
+    def prefetch(self, images: torch.Tensor) -> None:
+        """A promise: the next call will augment ``images`` (the same tensor object).  A backend
+        whose work runs beside the training stream -- DALI, whose per-sample draws and control flow
+        run on its own CPU threads -- starts on them now, so that work overlaps the current training
+        step; the next call then only collects the result.  Changes no output and no random stream.
+        Default: nothing (the native and Kornia backends queue all their work on the device stream
+        at call time anyway)."""
+
     @abc.abstractmethod
     def _augment(self, images: torch.Tensor) -> torch.Tensor:
         """The backend's own ops, in the order of :mod:`fastfm.augment.config` from resize up to and

@@ -13,7 +13,7 @@ Data path
   NumPy view of the CPU tensor with ``device="cpu"`` and ``device_id=None`` otherwise.
 * The pipeline output (float32 HWC, already normalised) is copied with
   ``nvidia.dali.plugin.pytorch.feed_ndarray`` into a freshly allocated torch tensor on the same
-  device; on CUDA the pipeline is run with ``run(cuda_stream)`` so its outputs are bound to torch's
+  device; on CUDA the outputs are collected with ``outputs(cuda_stream)`` so they are bound to torch's
   current stream (no host sync, DALI's default "dynamic" executor) and the copy is issued on that
   stream.  (B, S, S, 1) permuted to (B, 1, S, S) is a channels_last view, so no transpose follows.
 * Erasing (:mod:`fastfm.augment.erasing`, the box draw every backend shares) runs in torch on that
@@ -90,11 +90,14 @@ Deviations from torchvision semantics (documented, deliberate or forced by DALI)
   pipeline (first call, and a batch larger than any before) takes ~4 s with AutoAugment -- DALI's
   autograph rewrites the conditional graph of 25 sub-policies -- and ~0.2 s without.  On a GPU the
   image work moves to the device but the per-sample random draws and the conditional split/merge
-  of the AutoAugment graph still run on DALI's CPU threads, synchronously per batch
-  (``prefetch_queue_depth=1``: each batch is fed when the trainer asks for it).
+  of the AutoAugment graph still run on DALI's CPU threads.  The hot path therefore feeds each
+  batch one iteration ahead (:meth:`DaliAugmenter.prefetch`, called by
+  :meth:`fastfm.engine.step.HotPath.iteration` right after the current batch's augmentation), so
+  that CPU work overlaps the current training step; ``prefetch_queue_depth=1`` suffices for one
+  batch in flight.
 
 Not verified here (no GPU on the development machine): the CUDA path (``device="gpu"`` external
-source, ``run(cuda_stream)``, ``feed_ndarray`` on the stream).  It follows DALI's documented API;
+source, ``outputs(cuda_stream)``, ``feed_ndarray`` on the stream, prefetching).  It follows DALI's documented API;
 run ``tests/test_augment_dali.py`` (the ``gpu``-marked test) on a CUDA machine.
 """
 
@@ -284,6 +287,7 @@ class DaliAugmenter(Augmenter):
         self._pipe_seed = 0
         self._restore = None         # (pipe_batch, pipe_seed, checkpoint) waiting for the next call
         self._last_outputs = None    # keeps DALI's output buffers alive until the next call
+        self._pending = None         # the images fed by prefetch(), not yet collected
 
     # -- pipeline management -----------------------------------------------------------------
     def _pipeline(self, batch: int):
@@ -304,28 +308,66 @@ class DaliAugmenter(Augmenter):
         pipe.build()
         self._pipe, self._pipe_batch, self._pipe_seed = pipe, batch, seed
 
+    # -- feeding and collecting ------------------------------------------------------------------
+    def _feed(self, images: torch.Tensor) -> None:
+        """Hand ``images`` to the pipeline (built or rebuilt for their batch size) and schedule its
+        run; :meth:`_collect` returns the result.  DALI copies the input at feed time."""
+        b, _, h, w = images.shape
+        if (h, w) != (28, 28):
+            raise ValueError(f"the DALI pipeline is built for 28x28 inputs, got {h}x{w}")
+        pipe = self._pipeline(b)
+        hwc = images.permute(0, 2, 3, 1).contiguous()            # (B, 28, 28, 1): free for 1 channel
+        if self._device_id is None:
+            pipe.feed_input("images", hwc.numpy(), layout="HWC")
+        else:
+            pipe.feed_input("images", hwc, layout="HWC", cuda_stream=torch.cuda.current_stream(self.device))
+        pipe.schedule_run()
+
+    def _collect(self, b: int) -> torch.Tensor:
+        """The oldest scheduled batch's output, copied into a new (B, S, S, 1) float32 tensor (on
+        CUDA: bound to and copied on torch's current stream, no host sync)."""
+        side = self.cfg.out_size
+        out = torch.empty((b, side, side, 1), dtype=torch.float32, device=self.device)
+        if self._device_id is None:
+            (res,) = self._pipe.outputs()
+            feed_ndarray(res.as_tensor(), out)
+        else:
+            stream = torch.cuda.current_stream(self.device)
+            (res,) = self._pipe.outputs(stream)
+            feed_ndarray(res.as_tensor(), out, cuda_stream=stream)
+        self._last_outputs = res
+        return out
+
+    def prefetch(self, images: torch.Tensor) -> None:
+        """Feed the next call's batch now (see :meth:`Augmenter.prefetch`): the pipeline's CPU
+        threads draw and run its per-sample control flow while the caller's current training step
+        runs; the next call collects the result.  The pipeline's random stream and checkpoint count
+        collected batches only (``Pipeline.checkpoint()`` with a batch in flight restores to the
+        first uncollected one; tests/test_augment_dali.py), so prefetching changes no output and a
+        checkpoint taken meanwhile resumes exactly."""
+        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 1:
+            raise ValueError(f"prefetch expects uint8 images (B, 1, H, W), got {images.dtype} "
+                             f"{tuple(images.shape)}")
+        if self._pending is not None:
+            raise RuntimeError("prefetch: the previously prefetched batch has not been augmented yet")
+        with self.op_range("dali_feed"):
+            self._feed(images)
+        self._pending = images
+
     # -- the contract --------------------------------------------------------------------------
     def _augment(self, images: torch.Tensor) -> torch.Tensor:
         """The DALI pipeline (resize -> crop -> flip -> AutoAugment -> normalise), then erasing in
         torch; (B, 1, S, S) float32, a channels_last view."""
-        b, _, h, w = images.shape
-        if (h, w) != (28, 28):
-            raise ValueError(f"the DALI pipeline is built for 28x28 inputs, got {h}x{w}")
+        b = images.shape[0]
+        side = self.cfg.out_size
         with self.op_range("dali"):
-            pipe = self._pipeline(b)
-            side = self.cfg.out_size
-            hwc = images.permute(0, 2, 3, 1).contiguous()        # (B, 28, 28, 1): free for 1 channel
-            out = torch.empty((b, side, side, 1), dtype=torch.float32, device=self.device)
-            if self._device_id is None:
-                pipe.feed_input("images", hwc.numpy(), layout="HWC")
-                (res,) = pipe.run()
-                feed_ndarray(res.as_tensor(), out)
-            else:
-                stream = torch.cuda.current_stream(self.device)
-                pipe.feed_input("images", hwc, layout="HWC", cuda_stream=stream)
-                (res,) = pipe.run(stream)
-                feed_ndarray(res.as_tensor(), out, cuda_stream=stream)
-            self._last_outputs = res
+            if self._pending is None:
+                self._feed(images)
+            elif self._pending is not images:         # nothing consumed: the promise still holds
+                raise ValueError("the DALI augmenter was promised (prefetch) another batch than the one "
+                                 "it was called with; call it on the prefetched tensor")
+            self._pending = None
+            out = self._collect(b)
         x = out.permute(0, 3, 1, 2)                               # (B, 1, S, S), channels_last view
         # Erasing and CutMix/MixUp draw from a torch generator re-seeded per batch: counter-based
         # like the pipeline seed, so DALI's checkpoint plus the batch counter restore both streams.
@@ -355,6 +397,7 @@ class DaliAugmenter(Augmenter):
     def _load_state_dict(self, state: dict) -> None:
         self.seed = int(state.get("seed", self.seed))     # the saved stream, whatever was configured
         self._batches = int(state["batches"])
+        self._pending = None                              # a prefetched batch belongs to the old stream
         self._pipe = None
         self._last_outputs = None
         self._pipe_batch = 0

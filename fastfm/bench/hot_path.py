@@ -60,15 +60,24 @@ def endless(loader: EpochLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         yield from loader
 
 
+def endless_ahead(hot: HotPath) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    """``hot.batches()`` of epoch 0, 1, 2, ...: each batch with the next one's images (None at an
+    epoch's end), as the trainer iterates."""
+    for epoch in itertools.count():
+        hot.loader.set_epoch(epoch)
+        yield from hot.batches()
+
+
 def iteration_fn(hot: HotPath) -> Callable[[], None]:
-    """``run()``: one training iteration as the trainer runs it: ``hot.loader``'s next batch, then
-    ``hot.iteration`` at global (and schedule) step 0, 1, 2, ...  Never syncs."""
-    batches = endless(hot.loader)
+    """``run()``: one training iteration as the trainer runs it: the next of ``hot.batches()`` (with
+    the batch after it, for the augmenter's prefetch), then ``hot.iteration`` at global (and
+    schedule) step 0, 1, 2, ...  Never syncs."""
+    batches = endless_ahead(hot)
     steps = itertools.count()
 
     def run() -> None:
         i = next(steps)
-        images, labels = next(batches)
-        hot.iteration(images, labels, i, i)
+        images, labels, ahead = next(batches)
+        hot.iteration(images, labels, i, i, ahead)
 
     return run

@@ -355,7 +355,7 @@ def matrix_cell(s: Settings, data: ResidentData, mean: float, std: float, batch:
     x, targets = synthetic_batch(hot.cfg, batch, s.device)
     images, labels = data.images[:batch], data.labels[:batch]
     ops = dict(step=count_op_calls(lambda: hot.step(x, targets), s.device),
-               augmenter=count_op_calls(lambda: hot.augmenter(images, labels), s.device))
+               augmenter=count_op_calls(lambda: hot.augment(images, labels), s.device))
     step_t = time_fn(lambda: hot.step(x, targets), s.device, **s.timing)
     full_t = time_fn(iteration_fn(hot), s.device, **s.timing)
     common = dict(precision=hot.precision.name, variant=variant, flops_per_image=flops_per_image, op_calls=ops)

@@ -22,7 +22,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from ..augment import BackendUnavailable
 from ..engine.step import HotPath
-from .hot_path import endless, with_augmenter
+from .hot_path import endless_ahead, with_augmenter
 from .timing import synchronize
 
 OWN_RANGES = ("train_step", "data.next")
@@ -53,13 +53,13 @@ def write_trace(hot: HotPath, backends: Sequence[str], mean: float, std: float, 
             continue                # that backend's rows say it is missing
     else:
         return None
-    batches = endless(traced.loader)
+    batches = endless_ahead(traced)
 
     def iteration(i: int) -> None:
         with record_function("train_step"):
             with record_function("data.next"):
-                images, labels = next(batches)
-            traced.iteration(images, labels, i, i)
+                images, labels, ahead = next(batches)
+            traced.iteration(images, labels, i, i, ahead)
 
     for i in range(max(1, warmup)):
         iteration(i)

@@ -12,14 +12,17 @@ loss statistics stay on the device in :class:`StepStats` until the trainer's per
 
 from __future__ import annotations
 
+import itertools
 import os
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..augment import Augmenter, create_augmenter
+from ..augment.compiled import compile_augmenter
 from ..config import Config, ConfigError
 from ..data.resident import EpochLoader, ResidentData
 from ..distributed import DistInfo, convert_sync_bn, wrap_ddp
@@ -109,14 +112,39 @@ class HotPath:
     step: OptimizerStep             # wraps the DDP-wrapped, compiled model
     schedule: WarmupCosine
     stats: StepStats
+    # What the iteration calls: ``augmenter`` itself, or under ``train.compile_mode`` its pure part
+    # compiled (fastfm.augment.compiled).  Derived, so ``dataclasses.replace(hot, augmenter=...)``
+    # (the benchmarks' other backends) derives it again.  Checkpoint ``augmenter``, not this.
+    augment: Callable = field(init=False, repr=False)
 
-    def iteration(self, images: torch.Tensor, labels: torch.Tensor, step: int, schedule_step: int) -> float:
+    def __post_init__(self) -> None:
+        self.augment = compile_augmenter(self.augmenter, self.cfg.train.compile_mode)
+
+    def batches(self, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+        """The loader's batches of the current epoch from batch ``start``, each with the *next*
+        batch's images (None for the last): ``for images, labels, ahead in hot.batches(start):
+        hot.iteration(images, labels, step, schedule_step, ahead)``.  Looking one batch ahead costs
+        one index gather on the device a step early and nothing else; it lets a backend that works
+        beside the device stream (DALI) start on the next batch during the current step."""
+        it = itertools.islice(self.loader, start, None)
+        cur = next(it, None)
+        while cur is not None:
+            nxt = next(it, None)
+            yield cur[0], cur[1], None if nxt is None else nxt[0]
+            cur = nxt
+
+    def iteration(self, images: torch.Tensor, labels: torch.Tensor, step: int, schedule_step: int,
+                  ahead: torch.Tensor | None = None) -> float:
         """One iteration, as the trainer runs it and the benchmark times it: the learning rate for
         ``schedule_step``, augmentation, the optimizer step, the device-side loss statistics, the
-        EMA update (``step``: the global step, for the EMA's warm-up).  Returns the learning rate;
+        EMA update (``step``: the global step, for the EMA's warm-up).  ``ahead``: the next
+        iteration's images, promised to the augmenter (:meth:`~fastfm.augment.base.Augmenter.prefetch`)
+        once this batch is augmented, before the step is launched.  Returns the learning rate;
         never syncs."""
         lr = self.schedule.apply(self.optimizer, schedule_step)
-        x, targets = self.augmenter(images, labels)
+        x, targets = self.augment(images, labels)
+        if ahead is not None:
+            self.augmenter.prefetch(ahead)
         self.stats.update(self.step(x, targets))
         if self.ema is not None:
             self.ema.update(step)
