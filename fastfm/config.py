@@ -244,6 +244,15 @@ class EvalConfig:
 
 
 @dataclass
+class LogConfig:
+    tensorboard: bool = opt(True, "rank 0 also writes TensorBoard event files to runs/<name>/tb/ (tensorboard "
+                                  "--logdir runs); needs the tensorboard package (pip install 'fastfm[tb]')")
+
+    def validate(self) -> None:
+        pass
+
+
+@dataclass
 class Config:
     name: str = opt("", "run name: the run folder is out_dir/name ('' = the preset file's name)")
     out_dir: str = opt("runs", "parent folder of run folders")
@@ -255,6 +264,7 @@ class Config:
     train: TrainConfig = section(TrainConfig)
     ema: EmaConfig = section(EmaConfig)
     eval: EvalConfig = section(EvalConfig)
+    log: LogConfig = section(LogConfig)
 
     def validate(self) -> "Config":
         """Check every section; returns ``self``.  Raises :class:`ConfigError` naming the key."""
@@ -273,6 +283,7 @@ class Config:
         self.train.validate()
         self.ema.validate()
         self.eval.validate()
+        self.log.validate()
         return self
 
     # ------------------------------------------------------------------ conversions

@@ -6,7 +6,9 @@
 
 The checkpoint holds the resolved config and every weight, so the model and the test transform are
 rebuilt from it alone (a --model.pretrained file the run started from is not needed).
-Prints the figures (and per-class accuracy); --json writes them to a file as well.
+Prints the figures (and per-class accuracy); --json writes them to a file as well, with the keys of
+a run's summary.json (the test figures of this evaluation; the training run's figures from the
+checkpoint and the metrics.jsonl beside it, null where neither has them: see fastfm/engine/summary.py).
 Exit status: 0, or 2 with one "error: ..." line: a bad option (--batch-size < 1, an unknown or absent
 --device, a --json file that cannot be written: all checked before anything is read), a missing,
 unreadable or incomplete checkpoint, weights that do not fit its config or hold NaN/inf, missing data.
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--data-root", help="data folder (default: the checkpoint's data.root)")
     parser.add_argument("--batch-size", type=int, help="per rank (default: the checkpoint's eval.batch_size)")
-    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON, with summary.json's keys")
     args = parser.parse_args(argv)
     primary = os.environ.get("RANK", "0") == "0"          # under torchrun, rank 0 alone prints
     try:
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     cleanup()
     if not primary:
         return 0
-    print(f"{args.ckpt} ({res['weights']} weights): test loss {res['test_loss']:.4f}  "
+    print(f"{args.ckpt} ({res['final_weights']} weights): test loss {res['test_loss']:.4f}  "
           f"accuracy {100 * res['test_acc']:.2f}%")
     if args.tta:
         print(f"with TTA ({res['tta_views']} views): test loss {res['test_loss_tta']:.4f}  "

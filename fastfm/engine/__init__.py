@@ -10,4 +10,6 @@
 * :mod:`~fastfm.engine.amp`: precision set-up (autocast context and gradient-update object).
 * :mod:`~fastfm.engine.optim`: optimizers and the warm-up + cosine schedule.
 * :mod:`~fastfm.engine.plots`: learning curves and confusion-matrix PNGs.
+* :mod:`~fastfm.engine.summary`: the keys and figures of ``summary.json`` (also ``evaluate.py --json``).
+* :mod:`~fastfm.engine.tensorboard`: a run's TensorBoard event files (rank 0, ``log.tensorboard``).
 """

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -29,8 +30,10 @@ from ..data.resident import EpochLoader, ResidentData
 from ..distributed import DistInfo, all_reduce_sum, init_distributed, parse_device
 from ..models import create_model, to_device
 from ..models.factory import nonfinite_tensors, state_dict_misfit
+from ..runinfo import device_name
 from .amp import Precision, resolve_precision
-from .state import CheckpointError, load_checkpoint
+from .state import CheckpointError, load_checkpoint, read_jsonl
+from .summary import build_summary
 
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -129,10 +132,13 @@ def evaluate_checkpoint(path: str, *, tta: bool = False, weights: str = "auto", 
     """Rebuild the model from a checkpoint (its resolved config) and evaluate it on the test set.
 
     ``weights``: ``model``, ``ema``, or ``auto`` (the EMA weights when the run kept them: they are
-    what the run reported as final).  The checkpoint alone is needed: its weights replace any
-    ``model.pretrained`` file the run started from, which is not read.  Runs under torchrun too
+    what the run reported as final); with the EMA, the model's own weights are evaluated too
+    (``test_acc_model``), as at the end of a run.  The checkpoint alone is needed: its weights replace
+    any ``model.pretrained`` file the run started from, which is not read.  Runs under torchrun too
     (each rank evaluates its shard).
-    Returns ``{"test_loss", "test_acc", "per_class_acc", "weights", ["test_loss_tta", "test_acc_tta"]}``.
+    Returns the keys of ``summary.json`` (:func:`~fastfm.engine.summary.build_summary`, which says
+    where each figure comes from): the training run's figures from the checkpoint's progress and
+    config, and ``images_per_sec`` from the ``metrics.jsonl`` beside the checkpoint when there is one.
 
     Raises, before the checkpoint is read, :class:`ConfigError` naming the option (``--batch-size``,
     ``--weights``, ``--device``) for a bad argument; then :class:`CheckpointError` naming the file
@@ -147,21 +153,35 @@ def evaluate_checkpoint(path: str, *, tta: bool = False, weights: str = "auto", 
     state = load_checkpoint(path)
     cfg, model, weights = _model_from_checkpoint(path, state, weights)
     norm = _norm(path, state)
+    progress = state.get("progress") if isinstance(state.get("progress"), dict) else {}
     info = init_distributed(device)
     to_device(model, cfg, info.device)
     augmenter = create_augmenter(cfg.aug, info.device, seed=0, mean=norm["mean"], std=norm["std"])
     test = ResidentData.load(data_root or cfg.data.root, "test", info.device, cfg.data.test_limit or None)
     loader = eval_loader(test, cfg.eval.batch_size if batch_size is None else batch_size, info)
-    autocast = Precision(resolve_precision(cfg.train.precision, info.device), info.device).autocast
+    precision = resolve_precision(cfg.train.precision, info.device)
+    autocast = Precision(precision, info.device).autocast
     k = cfg.aug.num_classes
     plain = evaluate(model, loader, [augmenter.test_transform], autocast, k)
-    out = {"weights": weights, "test_loss": plain.loss, "test_acc": plain.acc,
-           "per_class_acc": plain.per_class()}
+    views, res_tta = None, None
     if tta:
         views = tta_views(augmenter.test_transform, cfg.eval.tta_flip, cfg.eval.tta_shift)
-        res = evaluate(model, loader, views, autocast, k)
-        out.update(test_loss_tta=res.loss, test_acc_tta=res.acc, tta_views=len(views))
-    return out
+        res_tta = evaluate(model, loader, views, autocast, k)
+    own = None
+    if weights == "ema":
+        try:          # the model's own weights, as a run reports them beside the EMA's
+            _load_weights(path, model, state, "model")
+            own = evaluate(model, loader, [augmenter.test_transform], autocast, k)
+        except CheckpointError:
+            pass      # unusable: test_acc_model stays null; the EMA's figures stand
+
+    epochs_done = progress.get("epoch", 0)
+    records = [r for r in read_jsonl(Path(path).with_name("metrics.jsonl")) if r["epoch"] <= epochs_done]
+    return build_summary(final=plain, final_weights=weights, model=own, tta=res_tta,
+                         tta_views=len(views) if views else None, best_acc=progress.get("best_acc"),
+                         best_epoch=progress.get("best_epoch"), records=records,
+                         device=device_name(info.device), world_size=info.world_size, precision=precision,
+                         epochs=cfg.train.epochs, wall_time_s=progress.get("wall_time"))
 
 
 def _model_from_checkpoint(path: str, state: dict, weights: str) -> tuple[Config, nn.Module, str]:
@@ -175,25 +195,31 @@ def _model_from_checkpoint(path: str, state: dict, weights: str) -> tuple[Config
     cfg.model.pretrained = ""
     if weights == "auto":
         weights = "ema" if state.get("ema") is not None else "model"
+    try:
+        model = create_model(cfg)
+    except ConfigError as e:      # a timm model this installation does not know
+        raise CheckpointError(f"{path}: cannot rebuild its model ({e})") from None
+    _load_weights(path, model, state, weights)
+    return cfg, model, weights
+
+
+def _load_weights(path: str, model: nn.Module, state: dict, weights: str) -> None:
+    """Load the checkpoint's ``weights`` entry (``model`` or ``ema``) into ``model``;
+    :class:`CheckpointError` naming ``path`` when it is missing, does not fit or holds NaN/inf."""
     sd = state.get(weights)
     if sd is None:
         raise CheckpointError(f"{path}: holds no {weights!r} weights")
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointError(f"{path}: its {weights!r} entry is not a state dict of tensors")
-    try:
-        model = create_model(cfg)
-    except ConfigError as e:      # a timm model this installation does not know
-        raise CheckpointError(f"{path}: cannot rebuild its model ({e})") from None
     why = state_dict_misfit(model.state_dict(), sd)
     if why:
         raise CheckpointError(f"{path}: its {weights} weights do not fit the model of its config "
-                              f"({cfg.model.name}): {why}")
+                              f"({state['config'].get('model', {}).get('name')}): {why}")
     bad = nonfinite_tensors(sd)
     if bad:
         raise CheckpointError(f"{path}: its {weights} weights hold NaN or inf (in {', '.join(bad[:3])}"
                               f"{', ...' if len(bad) > 3 else ''}); there is nothing to evaluate")
     model.load_state_dict(sd)
-    return cfg, model, weights
 
 
 def _norm(path: str, state: dict) -> dict:

@@ -38,6 +38,12 @@ then ``last.pt``.  A crash between them leaves ``best.pt`` one epoch ahead; a re
 best accuracy and epoch from ``best.pt`` itself, so ``summary.json`` always names what ``best.pt``
 holds, whatever the crash point.
 
+What rank 0 shows while the run trains: ``curves.png`` and ``confusion.png`` rewritten at every
+evaluation, ``augment.png`` at the start (drawn by a second augmenter, so the training's random
+streams are untouched), and TensorBoard event files in ``tb/`` (``log.tensorboard``; the step axis
+and how a resumed run continues the curves: :mod:`fastfm.engine.tensorboard`), fed at the refreshes
+from the figures they already read: no extra host sync.
+
 Set-up checks everything it can (config, device, data, batch size against the data, model) before
 the run folder is opened (:class:`~fastfm.engine.state.RunFolder`: marker, lock, cleaning).
 
@@ -47,10 +53,8 @@ statistics then differ slightly, and per-epoch test figures come from per-rank s
 
 from __future__ import annotations
 
-import itertools
 import os
 import signal
-import statistics
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -70,10 +74,11 @@ from ..distributed import (
     init_distributed,
     rank_failure,
 )
-from ..runinfo import device_name, git_revision
+from ..runinfo import device_name
 from .evaluate import CLASSES, EvalResult, eval_loader, evaluate, tta_views
 from .plots import plot_confusion, plot_curves
 from .state import (
+    TB_DIR,
     CheckpointError,
     Progress,
     RunFolder,
@@ -90,6 +95,7 @@ from .state import (
     writing,
 )
 from .step import StepStats, build_hot_path
+from .summary import build_summary
 
 
 class Interrupted(Exception):
@@ -217,6 +223,9 @@ class Run:
         self.wall_base, self.t_start = 0.0, time.perf_counter()
         self.last_saved = self.t_start          # for train.checkpoint_every_min (rank 0's clock)
         self.last_eval: tuple[EvalResult, EvalResult | None] | None = None
+        from .tensorboard import NullLog      # the module imports tensorboard itself only when opened
+
+        self.tb = NullLog()                   # rank 0 opens the real one (open_tensorboard)
 
     def attach(self, run_dir: Path) -> None:
         """The run folder, opened (and locked by rank 0) once set-up has succeeded."""
@@ -256,6 +265,7 @@ class Run:
 
     def save_best(self) -> None:
         if self.info.is_primary:
+            self.progress.wall_time = self.wall()     # for evaluate.py's wall_time_s
             save_checkpoint({**self._weights(), "progress": asdict(self.progress)}, self.run_dir / "best.pt")
 
     def load(self, path: Path) -> None:
@@ -306,6 +316,57 @@ class Run:
         if self.info.is_primary:
             tqdm.write(msg)
 
+    # ------------------------------------------------------------------ what rank 0 shows
+
+    def open_tensorboard(self, resumed: bool) -> None:
+        """Rank 0, ``log.tensorboard``: the event files in ``tb/``; a resumed run continues the curves
+        from its checkpoint's step (see :mod:`fastfm.engine.tensorboard`)."""
+        if self.info.is_primary and self.cfg.log.tensorboard:
+            from .tensorboard import TensorBoardLog
+
+            self.tb = TensorBoardLog.open(self.run_dir / TB_DIR, self.cfg.dump(),
+                                          self.progress.step if resumed else None, self._log)
+
+    def close_tensorboard(self) -> None:
+        self.tb.close()
+
+    def write_augment_preview(self) -> None:
+        """Rank 0: ``augment.png``, the first training images before and after this run's own
+        augmentation (its backend, config and rank 0's seed, CutMix included), by the code of
+        ``scripts/preview_augment.py``.  A second augmenter built like the hot path's draws them: the
+        hot path's augmenter and torch's global generators are left as they were, so the training
+        is the same bit for bit with or without the picture.  Not redrawn when resuming."""
+        path = self.run_dir / "augment.png"
+        if not self.info.is_primary or path.exists():
+            return
+        from ..augment import create_augmenter
+        from ..augment.preview import write_grid
+
+        seed = self.cfg.train.seed          # rank 0's augmentation seed (build_hot_path: seed + rank)
+        dev = self.info.device
+        cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda), writing(path):      # torch's generators untouched
+            aug = create_augmenter(self.cfg.aug, dev, seed=seed, mean=self.mean, std=self.std)
+            n = min(8, len(self.train_data))
+            write_grid(path, {f"{self.cfg.aug.backend} (this run, seed {seed})": aug},
+                       self.train_data.images[:n], self.train_data.labels[:n], mean=self.mean,
+                       std=self.std, rows=4)
+
+    def write_plots(self, epoch: int) -> None:
+        """Rank 0: ``curves.png`` (from ``metrics.jsonl``) and ``confusion.png`` (the latest
+        evaluation of the final weights), rewritten at every evaluation so they can be opened
+        mid-run; each is written atomically."""
+        if not self.info.is_primary or self.last_eval is None:
+            return
+        res, ema = self.last_eval
+        final = ema if ema is not None else res
+        with writing(self.run_dir / "curves.png"):
+            plot_curves(read_jsonl(self.run_dir / "metrics.jsonl"), self.run_dir / "curves.png")
+        with writing(self.run_dir / "confusion.png"):
+            plot_confusion(final.confusion, CLASSES, self.run_dir / "confusion.png",
+                           f"{self.cfg.name or 'run'}, epoch {epoch}/{self.cfg.train.epochs}: "
+                           f"test accuracy {100 * final.acc:.2f}%")
+
     # ------------------------------------------------------------------ loops
 
     def train_one_epoch(self, epoch: int) -> dict:
@@ -327,11 +388,12 @@ class Run:
         t_epoch = t_window = time.perf_counter()
         last_refresh = start
         snap, lr = None, 0.0
+        at_refresh = (p.loss_sum, p.finite)          # the epoch's sums at the previous refresh
         skipped_at_start = window = (p.step, p.skipped)       # (step, skipped) where the window opened
         every_s = 60.0 * cfg.train.checkpoint_every_min
         with bar:
-            for i, (images, labels) in enumerate(itertools.islice(self.loader, start, None), start):
-                lr = self.hot.iteration(images, labels, p.step, p.step - p.skipped)
+            for i, (images, labels, ahead) in enumerate(self.hot.batches(start), start):
+                lr = self.hot.iteration(images, labels, p.step, p.step - p.skipped, ahead)
                 p.step += 1
                 if (i + 1) % cfg.train.log_every and i + 1 < n:
                     continue
@@ -349,9 +411,12 @@ class Run:
                     self._check_skipped(p.step - window[0], p.skipped - window[1], epoch)
                     window = (p.step, p.skipped)
                 loss = f"{snap.loss_sum / snap.finite:.4f}" if snap.finite else "n/a"
-                bar.set_postfix(loss=loss, lr=f"{lr:.3g}",
-                                img_s=f"{(i + 1 - last_refresh) * global_batch / (now - t_window):.0f}",
+                img_s = (i + 1 - last_refresh) * global_batch / (now - t_window)
+                bar.set_postfix(loss=loss, lr=f"{lr:.3g}", img_s=f"{img_s:.0f}",
                                 **({"skipped": p.skipped} if p.skipped else {}), refresh=False)
+                finite = snap.finite - at_refresh[1]     # the window's mean loss, from the same sums
+                self.tb.refresh(p.step, (snap.loss_sum - at_refresh[0]) / finite if finite else None, lr, img_s)
+                at_refresh = (snap.loss_sum, snap.finite)
                 bar.update(i + 1 - last_refresh)
                 last_refresh, t_window = i + 1, now
                 if (snap.stop or snap.save) and i + 1 < n:
@@ -408,6 +473,9 @@ class Run:
             record.update(epoch_time_s=time.perf_counter() - t0, wall_time_s=self.wall(), skipped_steps=p.skipped)
             if self.info.is_primary:
                 append_jsonl(self.run_dir / "metrics.jsonl", record)
+                self.tb.epoch(p.step, record)
+                if "test_acc" in record:
+                    self.write_plots(epoch + 1)
                 self._log(_epoch_line(record, epochs))
             if improved:              # best.pt before last.pt: see "Consistency" in the module docstring
                 self.save_best()
@@ -419,39 +487,34 @@ class Run:
 
     def finish(self) -> dict:
         """Final figures: plain and TTA test accuracy of the final weights, per-class accuracy,
-        confusion matrix and curves (PNG), ``summary.json``."""
-        if self.last_eval is None:          # resumed a run whose epochs were all done
+        ``summary.json`` (:func:`~fastfm.engine.summary.build_summary`); the plots were written at
+        the last epoch's evaluation."""
+        evaluated_here = self.last_eval is None
+        if evaluated_here:                  # resumed a run whose epochs were all done
             self.evaluate()
         res, ema = self.last_eval
         final = ema if ema is not None else res
-        summary = {"test_acc": final.acc, "test_loss": final.loss}
+        tta, views = None, []
         if self.cfg.eval.tta:
             views = tta_views(self.augmenter.test_transform, self.cfg.eval.tta_flip, self.cfg.eval.tta_shift)
             tta = evaluate(self.final_model, self.test_loader, views, self.precision.autocast,
                            self.cfg.aug.num_classes)
-            summary.update(test_acc_tta=tta.acc, test_loss_tta=tta.loss, tta_views=len(views))
         p = self.progress
-        summary.update(best_test_acc=p.best_acc, best_epoch=p.best_epoch,
-                       final_weights="ema" if ema is not None else "model")
-        if ema is not None:
-            summary.update(test_acc_model=res.acc, test_loss_model=res.loss)
-        summary["per_class_acc"] = final.per_class(CLASSES)
+        summary = build_summary(final=final, final_weights="ema" if ema is not None else "model",
+                                model=res if ema is not None else None, tta=tta, tta_views=len(views) or None,
+                                best_acc=p.best_acc, best_epoch=p.best_epoch,
+                                records=read_jsonl(self.run_dir / "metrics.jsonl"),
+                                device=device_name(self.info.device), world_size=self.info.world_size,
+                                precision=self.precision.name, epochs=self.cfg.train.epochs,
+                                wall_time_s=self.wall())
         if not self.info.is_primary:
             return summary
-        records = read_jsonl(self.run_dir / "metrics.jsonl")
-        rates = [r["images_per_sec"] for r in records]
-        summary.update(images_per_sec=statistics.median(rates) if rates else None,
-                       device=device_name(self.info.device), world_size=self.info.world_size,
-                       precision=self.precision.name, epochs=self.cfg.train.epochs,
-                       wall_time_s=self.wall(), git_revision=git_revision(), torch=torch.__version__)
         write_json(self.run_dir / "summary.json", summary)
-        with writing(self.run_dir / "curves.png"):
-            plot_curves(records, self.run_dir / "curves.png")
-        with writing(self.run_dir / "confusion.png"):
-            plot_confusion(final.confusion, CLASSES, self.run_dir / "confusion.png",
-                           f"{self.cfg.name or 'run'}: test accuracy {100 * final.acc:.2f}%")
+        if evaluated_here:
+            self.write_plots(p.epoch)
+        self.tb.final(p.step + 1, summary)
         line = f"test accuracy {100 * final.acc:.2f}% (loss {final.loss:.4f})"
-        if "test_acc_tta" in summary:
+        if tta is not None:
             line += f", with TTA ({summary['tta_views']} views) {100 * summary['test_acc_tta']:.2f}%"
         self._log(f"{line}; best {100 * p.best_acc:.2f}% at epoch {p.best_epoch}; "
                   f"{summary['wall_time_s']:.0f} s; {self.run_dir}")
@@ -478,6 +541,7 @@ def train(cfg: Config, *, overwrite: bool = False, stop: StopSignal | None = Non
                      torch.is_deterministic_algorithms_warn_only_enabled())
     all_ranks_here = False      # every rank reaches the end together: a barrier before teardown is safe
     folder: RunFolder | None = None
+    run: Run | None = None
     try:
         try:
             info = init_distributed(cfg.train.device, cfg.train.dist_timeout_s)
@@ -490,6 +554,8 @@ def train(cfg: Config, *, overwrite: bool = False, stop: StopSignal | None = Non
             run.load(Path(resume_from))
         elif info.is_primary:
             write_text(run.run_dir / "config.yaml", cfg.dump())
+        run.write_augment_preview()
+        run.open_tensorboard(resumed=resume_from is not None)
         # Only now: during set-up there is nothing to save, and a SIGTERM must end a process that
         # waits in a blocking call (a rendezvous), as torchrun expects when it stops a group.
         stop.install()
@@ -506,6 +572,8 @@ def train(cfg: Config, *, overwrite: bool = False, stop: StopSignal | None = Non
             raise
         raise failure from None
     finally:
+        if run is not None:
+            run.close_tensorboard()       # flushed whatever the end: done, stopped or failed
         if folder is not None:
             folder.close()
         stop.restore()

@@ -11,14 +11,17 @@ metrics), where a run is (:class:`Progress`), and the rules of resuming.
     last.pt        everything needed to resume (written every epoch, on SIGTERM/SIGINT, and every
                    train.checkpoint_every_min minutes)
     best.pt        weights and config at the best test accuracy (for scripts/evaluate.py)
-    curves.png, confusion.png
+    curves.png, confusion.png   rewritten at every evaluation (live)
+    augment.png    real training images before and after the run's augmentation (at the start)
+    tb/            TensorBoard event files (log.tensorboard), fastfm's own: events.out.tfevents.*
 
 Safety rules (a run name is one plain path component, checked by the config):
 
 * fastfm writes into, empties or resumes only a folder that is empty or holds its marker; a
   non-empty folder without it is refused, never touched.  Emptying (``--overwrite``, or
-  ``--train.resume auto`` without ``last.pt``) deletes only the files listed above; anything else
-  in the folder is kept, and named in a warning.
+  ``--train.resume auto`` without ``last.pt``) deletes only the files listed above (in ``tb/``: the
+  event files, then the folder when that leaves it empty); anything else in the folder (or in
+  ``tb/``) is kept, and named in a warning.
 * One run per folder: rank 0 holds an exclusive OS lock (``flock``) on ``.lock`` from before it
   decides anything about the folder until it exits.  The kernel drops the lock when the process
   dies, however it dies, so a killed run leaves no stale lock; a second launch fails at once,
@@ -51,14 +54,18 @@ MARKER = ".fastfm-run"
 LOCK = ".lock"
 # What a run writes (and so what fastfm may delete when a run folder is emptied).
 ARTIFACTS = ("config.yaml", "metrics.jsonl", "summary.json", "last.pt", "best.pt", "curves.png",
-             "confusion.png")
+             "confusion.png", "augment.png")
+# The TensorBoard folder (log.tensorboard) and the names of the files fastfm writes into it
+# (SummaryWriter's event files); anything else in it is foreign and kept.
+TB_DIR = "tb"
+TB_EVENTS = "events.out.tfevents."
 # atomic_writer's temporary names: ".<final name>.<pid>.<8 hex digits>.tmp".
 _TEMP = re.compile(r"\.(?:%s)\.\d+\.[0-9a-f]{8}\.tmp" % "|".join(re.escape(a) for a in ARTIFACTS))
 
 
 # Keys that may differ between a run and its resumption without a warning.
 RESUME_FREE_KEYS = ("train.resume", "train.progress", "train.log_every", "train.checkpoint_every_min",
-                    "train.dist_timeout_s", "train.device", "data.root", "model.pretrained")
+                    "train.dist_timeout_s", "train.device", "data.root", "model.pretrained", "log.tensorboard")
 # Keys a resumption cannot follow: they shape the weights, the optimizer and gradient-update state,
 # or the steps of an epoch.  Resuming with any of them changed is refused, naming them.
 RESUME_FIXED = ("model.", "aug.channels", "aug.num_classes", "optim.name", "train.batch_size",
@@ -203,15 +210,23 @@ class RunFolder:
         if resume in ("yes", "auto") and last.is_file():
             return last
         mine = [self.path / a for a in ARTIFACTS if (self.path / a).exists()]
+        tb = self.path / TB_DIR
+        if tb.is_dir():
+            mine += [p for p in sorted(tb.iterdir()) if p.name.startswith(TB_EVENTS) and p.is_file()]
         if mine and not (overwrite or resume == "auto"):
             raise RunFolderError(f"{self.path} already holds a run: pass --resume to continue it, "
                                  f"--overwrite to replace it, or --name to start another run")
         try:
             for p in mine:
                 p.unlink()
+            if tb.is_dir() and not any(tb.iterdir()):
+                tb.rmdir()
         except OSError as e:
             raise RunFolderError(f"cannot empty the run folder {self.path}: {e.strerror}") from None
-        foreign = sorted(p.name for p in self.path.iterdir() if p.name not in (MARKER, LOCK))
+        foreign = sorted(p.name for p in self.path.iterdir()
+                         if p.name not in (MARKER, LOCK) and not (p.name == TB_DIR and p.is_dir()))
+        if tb.is_dir():       # what is left in tb/ is not fastfm's: named as tb/<file>
+            foreign += sorted(f"{TB_DIR}/{p.name}" for p in tb.iterdir())
         if foreign:
             self.warnings.append(f"warning: {self.path} also holds files fastfm did not write; they are "
                                  f"kept: {', '.join(foreign)}")
