@@ -85,3 +85,48 @@ def test_grouped_all_identity_returns_input_unchanged(batches):
     aa = A.BatchAutoAugment("cifar10", "cpu", dispatch="grouped")
     z = torch.zeros(16, dtype=torch.long)
     assert torch.equal(aa.apply_slot_grouped(x, z, z, z), x)
+
+
+def _edge_images(h: int, w: int) -> torch.Tensor:
+    """1-channel images that hit the special cases of the statistics-based ops: constant (black,
+    white, grey), two values with few pixels below the maximum (Equalize's step 0), one odd pixel,
+    a full ramp, and noise."""
+    g = torch.Generator().manual_seed(0)
+    n = h * w
+    imgs = [torch.zeros(h, w), torch.full((h, w), 255.0), torch.full((h, w), 77.0)]
+    few = torch.full((n,), 200.0)
+    few[: min(5, n - 1)] = 10
+    imgs.append(few.view(h, w))
+    for k in (254, 255):                     # either side of Equalize's step 0 (k // 255 == 0)
+        if k < n:
+            edge = torch.full((n,), 180.0)
+            edge[:k] = torch.arange(k) % 7 * 20
+            imgs.append(edge.view(h, w))
+    odd = torch.full((n,), 3.0)
+    odd[n // 2] = 250
+    imgs.append(odd.view(h, w))
+    imgs.append((torch.arange(n) % 256).float().view(h, w))
+    imgs.append(torch.randint(0, 256, (h, w), generator=g).float())
+    imgs.append(torch.randint(100, 140, (h, w), generator=g).float())
+    return torch.stack(imgs).unsqueeze(1).to(torch.uint8)
+
+
+@pytest.mark.parametrize("size", [(32, 32), (24, 32), (5, 3), (2, 2)])
+def test_masked_one_channel_path_edge_cases(size):
+    """The 1-channel masked path (per-size lookup tables, one pixel gather per stage) against the
+    grouped dispatch (the per-op kernels) on edge-case images, every (op, bin, sign), odd sizes, and
+    a batch of one."""
+    x = _edge_images(*size)
+    n = len(x)
+    aa_m = A.BatchAutoAugment("cifar10", "cpu", dispatch="masked")
+    aa_g = A.BatchAutoAugment("cifar10", "cpu", dispatch="grouped")
+    for name in A.OPS:
+        for b in range(A.NUM_BINS):
+            for neg in ((0, 1) if name in A.SIGNED else (0,)):
+                op = torch.full((n,), A.OP[name])
+                bins, negs = torch.full((n,), b), torch.full((n,), neg)
+                m = aa_m.apply_slot(x, op, bins, negs)
+                assert torch.equal(m, aa_g.apply_slot_grouped(x, op, bins, negs)), (name, b, neg)
+                assert torch.equal(aa_m.apply_slot(x[:1], op[:1], bins[:1], negs[:1]), m[:1]), name
+    op, bins, neg = aa_m.draw(n, torch.Generator().manual_seed(4))
+    assert torch.equal(aa_m.apply(x, (op, bins, neg)), aa_g.apply(x, (op, bins, neg)))

@@ -40,8 +40,16 @@ wasteful, so ops are grouped by kind and each group costs one pass over the batc
 So per slot about five full-batch passes (warp, histogram, lookup, blur, two selects) plus
 (B, 256)-sized table work, instead of ~14 full-batch op evaluations; groups absent from a slot of
 the chosen policy table are skipped statically (Python knowledge of the table, not of the data).
-In launches: about 220 small ATen ops per batch for cifar10 (both slots), whatever the batch size.
-On a GPU at 32x32 that is launch-bound -- a couple of milliseconds of host time per batch -- but
+
+On 1-channel images (the pipeline's case) the masked dispatch goes further
+(:meth:`BatchAutoAugment._slot_pixels`): both slots run on int64 pixel values (B, H*W); the warp is
+one ``gather`` through a per-(op, bin, sign) source-index table (built once per size with the very
+``grid_sample`` call of :func:`warp_nearest`, the identity for other ops); the candidate lookup
+tables are stacked and each sample's is picked with one indexing op; Sharpness is one ``conv2d``
+and a blend whose per-sample factor is 0 for other samples.  Every stage is the identity
+for the samples of the others, so the stages simply chain: no full-batch ``torch.where``.  In
+launches: about 107 small ATen ops per batch for cifar10 (both slots; it was ~320 with per-call
+grids, masks and selects), whatever the batch size.  On a GPU at 32x32 that is launch-bound, but
 asynchronous, since nothing reads a tensor value on the host, so it overlaps the training step.
 
 That "masked" dispatch is what CUDA (and any accelerator) uses.  On the CPU a host sync is free (the
@@ -267,20 +275,11 @@ def pixel_grid(height: int, width: int, device=None) -> torch.Tensor:
     return base.view(height * width, 3)
 
 
-def warp_nearest(images: torch.Tensor, theta: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
-    """Warp uint8 (B, C, H, W) with per-sample inverse matrices (B, 2, 3): nearest, fill 0.
-
-    The sampling grid is built like torchvision's ``_affine_grid`` (pixel-centred coordinates times
-    theta, then normalised by half the size) so that nearest-neighbour rounding agrees with
-    torchvision's ``affine``/``rotate`` except for coordinates that land within float rounding of a
-    pixel boundary.  A few broadcast ops build all grids, one ``grid_sample`` warps the batch.
-    ``base``: :func:`pixel_grid` of the image size, if the caller keeps one.
-    """
-    b, _, h, w = images.shape
-    dev = images.device
-    theta = theta.to(device=dev, dtype=torch.float32)
-    if base is None:
-        base = pixel_grid(h, w, dev)
+def sampling_grid(theta: torch.Tensor, height: int, width: int, base: torch.Tensor) -> torch.Tensor:
+    """Normalised ``grid_sample`` grids (B, H, W, 2) float32 of inverse matrices (B, 2, 3) float32
+    on :func:`pixel_grid` ``base``, computed as torchvision's ``_affine_grid`` (see
+    :func:`warp_nearest`)."""
+    b, h, w = theta.shape[0], height, width
     # Normalised sampling coordinate = (pixel-centred x, y, 1) . (theta row / half size).  The base
     # grid is separable, so each coordinate is a (B, 1, W) term plus a (B, H, 1) term plus a
     # constant: broadcast adds instead of a (B, H*W, 3) x (B, 3, 2) batched matmul, summed in the
@@ -291,10 +290,46 @@ def warp_nearest(images: torch.Tensor, theta: torch.Tensor, base: torch.Tensor |
     ys = base[::w, 1].view(1, h, 1)
     # One stack (not add(out=grid[..., k])): torch.compile cannot trace ops writing into
     # non-contiguous out= views, and the stacked grid holds the very same float32 values.
-    grid = torch.stack((xs * tx[:, 0] + ys * tx[:, 1] + tx[:, 2],
+    return torch.stack((xs * tx[:, 0] + ys * tx[:, 1] + tx[:, 2],
                         xs * ty[:, 0] + ys * ty[:, 1] + ty[:, 2]), dim=-1)
+
+
+def warp_nearest(images: torch.Tensor, theta: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
+    """Warp uint8 (B, C, H, W) with per-sample inverse matrices (B, 2, 3): nearest, fill 0.
+
+    The sampling grid is built like torchvision's ``_affine_grid`` (pixel-centred coordinates times
+    theta, then normalised by half the size) so that nearest-neighbour rounding agrees with
+    torchvision's ``affine``/``rotate`` except for coordinates that land within float rounding of a
+    pixel boundary.  A few broadcast ops build all grids (:func:`sampling_grid`), one
+    ``grid_sample`` warps the batch.  ``base``: :func:`pixel_grid` of the image size, if the caller
+    keeps one.
+    """
+    _, _, h, w = images.shape
+    dev = images.device
+    theta = theta.to(device=dev, dtype=torch.float32)
+    if base is None:
+        base = pixel_grid(h, w, dev)
+    grid = sampling_grid(theta, h, w, base)
     out = F.grid_sample(images.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
     return out.round_().to(torch.uint8)
+
+
+def warp_index(theta: torch.Tensor, height: int, width: int, base: torch.Tensor) -> torch.Tensor:
+    """The source pixel of every output pixel of :func:`warp_nearest` for inverse matrices
+    (N, 2, 3): (N, H*W) int64 flat indices, ``H*W`` where the sample falls outside (fill 0).
+
+    Found by warping an image whose pixels hold their own (index + 1) with the very same grid and
+    ``grid_sample`` call, so ``x_flat_padded.gather(1, warp_index(...))`` (``x_flat_padded``: the
+    flattened image plus one zero pixel) equals :func:`warp_nearest` bit for bit on the device the
+    index was built on: nearest-neighbour selection does not depend on the pixel values."""
+    n, hw = theta.shape[0], height * width
+    dev = base.device
+    ids = torch.arange(1, hw + 1, device=dev, dtype=torch.float32).view(1, 1, height, width)
+    grid = sampling_grid(theta.to(device=dev, dtype=torch.float32), height, width, base)
+    src = F.grid_sample(ids.expand(n, 1, height, width).contiguous(), grid, mode="nearest",
+                        padding_mode="zeros", align_corners=False)
+    src = src.round_().long().view(n, hw) - 1
+    return torch.where(src < 0, torch.full_like(src, hw), src)
 
 
 def _geometric(name: str, images: torch.Tensor, magnitude) -> torch.Tensor:
@@ -588,6 +623,9 @@ class BatchAutoAugment:
                                  device=self.device)
         self.signed = torch.tensor([name in SIGNED for name in OPS], device=self.device)
         self.is_geometric = torch.tensor([name in GEOMETRIC for name in OPS], device=self.device)
+        self._signed_long = self.signed.long()
+        self._fast: dict = {}          # masked dispatch, 1 channel: per-size device tables (``fast_tables``)
+        self._aranges: dict = {}       # per batch size: arange(B), the sharpness kernel
         # Ops that can occur in each slot: static knowledge used to skip whole groups.
         self.slot_ops = [frozenset(sub[s][0] for sub in table) for s in range(2)]
         self._tables: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
@@ -630,9 +668,8 @@ class BatchAutoAugment:
         pid = torch.randint(0, self.num_policies, (n,), generator=generator, device=dev)
         coin = torch.rand(n, 2, generator=generator, device=dev)
         negative = torch.randint(0, 2, (n, 2), generator=generator, device=dev) == 0
-        op = self.op[pid]                                   # (n, 2)
-        op = torch.where(coin <= self.prob[pid], op, torch.zeros_like(op))
-        negative = (negative & self.signed[op]).long()
+        op = self.op[pid] * (coin <= self.prob[pid])        # (n, 2); 0 (Identity) where the coin said no
+        negative = negative * self._signed_long[op]         # bool * 0/1 long: only signed ops negate
         return op, self.bins[pid], negative
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -655,6 +692,14 @@ class BatchAutoAugment:
         # one runs each op only on the samples that drew it (~1 op per sample per slot instead of
         # ~5 full-batch passes).
         grouped = dispatch == "grouped" or (dispatch == "auto" and images.device.type == "cpu")
+        if not grouped and images.shape[1] == 1:
+            # Masked, 1 channel (the pipeline's case): both slots on int64 pixel values (B, H*W),
+            # converted once on the way in and once on the way out.
+            b, _, h, w = images.shape
+            pix = images.reshape(b, h * w).long()
+            for s, (o, m, n) in enumerate(zip(op.unbind(1), bins.unbind(1), negative.unbind(1))):
+                pix = self._slot_pixels(pix, o, m, n, self.slot_ops[s], h, w)
+            return pix.to(torch.uint8).view(b, 1, h, w)
         apply = self.apply_slot_grouped if grouped else self.apply_slot
         x = images
         for s in range(2):
@@ -670,9 +715,13 @@ class BatchAutoAugment:
         so warped samples pass through unchanged, and pointwise samples were not warped, so their
         statistics can be taken there), then swap in the sharpened samples.  The result equals
         applying each sample's op on its own.  ``present``: op names that may occur (groups with
-        none of them are skipped).
+        none of them are skipped).  1-channel images take the table-driven path
+        (:meth:`_slot_pixels`, same bits); the code below serves 3-channel images.
         """
         b, c, h, w = x.shape
+        if c == 1:
+            pix = self._slot_pixels(x.reshape(b, h * w).long(), op, bins, negative, present, h, w)
+            return pix.to(torch.uint8).view(b, c, h, w)
         t = self.tables(h, w)
         sel = lambda name: (op == OP[name]).view(b, 1, 1)
         needs_mag = present & {"Contrast", "Sharpness", "Color"}
@@ -707,6 +756,159 @@ class BatchAutoAugment:
             out = torch.where(sel("Color").unsqueeze(-1), _color(x, mag), out)
         return out
 
+
+    # ------------------------------------------------------------------ masked dispatch, 1 channel
+
+    def fast_tables(self, height: int, width: int) -> dict[str, torch.Tensor]:
+        """Device tables of the 1-channel masked path (:meth:`_slot_pixels`), built once per image
+        size from :meth:`tables` with the very kernels the per-op functions use, so every lookup
+        holds exactly what those kernels compute.  Per (op, bin, sign), N = H*W:
+
+        * ``warp``  (N,) int64: source pixel of each output pixel (:func:`warp_index`; ``N`` = fill
+          0; the identity for non-geometric ops);
+        * ``lutf``  (256,) float32: the static lookup table (``tables()["lut"]``) as floats;
+        * ``vr``    (256,) float64, ``negm`` (1,) float64: Contrast's ``v * (1 + m)`` (float32 product)
+          and ``-m``, so its table is one ``addcmul`` with the image mean;
+        * ``sharp`` (H, W) float64: Sharpness's ``-m`` inside the image, 0 on the border and for
+          every other op (the blend is then the identity for them).
+
+        Plus per-size constants: ``inv`` (256,) AutoContrast's ``(hi - lo) / 255`` by ``hi - lo``
+        (1 for 0), ``eq`` (N + 1, 2) Equalize's ``(step // 2, max(step, 1))`` by the count of
+        non-maximal pixels, ``vf`` (1, 256) the values as float32, ``ones`` (1, 1) int64.
+        """
+        key = (height, width)
+        if key in self._fast:
+            return self._fast[key]
+        t = self.tables(height, width)
+        dev, hp, n = self.device, _f64(self.device), height * width
+        n_ops = len(OPS)
+        op_ids = torch.arange(n_ops, device=dev).view(n_ops, 1, 1).expand(n_ops, NUM_BINS, 2)
+        bin_ids = torch.arange(NUM_BINS, device=dev).view(1, NUM_BINS, 1).expand_as(op_ids)
+        neg_ids = torch.arange(2, device=dev).view(1, 1, 2).expand_as(op_ids)
+        smag = self.magnitude(op_ids, bin_ids, neg_ids, height, width)       # (ops, bins, 2) float32
+        is_op = lambda name: (op_ids == OP[name]).unsqueeze(-1)
+        # warp: source indices of the geometric ops, identity elsewhere
+        src = warp_index(t["theta"].reshape(-1, 2, 3), height, width, t["grid"].to(dev))
+        src = src.view(n_ops, NUM_BINS, 2, n)
+        ident = torch.arange(n, device=dev).expand_as(src)
+        warp = torch.where(self.is_geometric[op_ids].unsqueeze(-1), src, ident).contiguous()
+        v = torch.arange(256, device=dev, dtype=torch.uint8).view(1, 1, 256)
+        # Contrast (as _contrast_px): ratio = float32(1 + m), v * ratio in float32, and -m
+        ratio = (1.0 + smag.to(hp)).float()
+        vr = v.float().mul(ratio.view(-1, 1, 1)).view(n_ops, NUM_BINS, 2, 256).to(hp)
+        negm = (-smag).to(hp).unsqueeze(-1)
+        # Sharpness (as _sharpness): -m on the interior pixels, 0 elsewhere and for other ops
+        inner = torch.zeros(height, width, dtype=hp, device=dev)
+        inner[1:-1, 1:-1] = 1.0
+        sharp = torch.where(is_op("Sharpness"), (-smag).to(hp).unsqueeze(-1), torch.zeros((), dtype=hp, device=dev))
+        sharp = (sharp.view(n_ops, NUM_BINS, 2, 1, 1) * inner.view(1, 1, 1, height, width)).contiguous()
+        inv = torch.arange(256, device=dev, dtype=torch.float32).mul_(1.0 / 255)   # as _autocontrast_px
+        inv[0] = 1.0
+        step = torch.div(torch.arange(n + 1, device=dev), 255, rounding_mode="floor")
+        eq = torch.stack((step // 2, step.clamp(min=1)), dim=-1)
+        self._fast[key] = {
+            "warp": warp, "lutf": t["lut"].float(), "vr": vr, "negm": negm, "sharp": sharp,
+            "inv": inv, "eq": eq, "vf": v.float().view(1, 256),
+            "ones": torch.ones(1, 1, dtype=torch.long, device=dev),
+        }
+        return self._fast[key]
+
+    def _kind_table(self, lut_ops: frozenset) -> torch.Tensor:
+        """(ops, bins, 2) int64: which candidate table of :meth:`_slot_pixels` an op uses (0: the
+        static one; then Contrast, AutoContrast, Equalize in that order, those of ``lut_ops``)."""
+        key = ("kind", lut_ops)
+        if key not in self._fast:
+            kind = torch.zeros(len(OPS), dtype=torch.long)
+            k = 1
+            for name in _STAT_LUT_OPS:
+                if name in lut_ops:
+                    kind[OP[name]] = k
+                    k += 1
+            self._fast[key] = kind.view(-1, 1, 1).expand(len(OPS), NUM_BINS, 2).contiguous().to(self.device)
+        return self._fast[key]
+
+    def _arange(self, n: int) -> torch.Tensor:
+        if n not in self._aranges:
+            self._aranges[n] = torch.arange(n, device=self.device)
+        return self._aranges[n]
+
+    def _sharp_kernel(self, n: int) -> torch.Tensor:
+        """torchvision's sharpness kernel times 13 ((1, 1, 1), (1, 5, 1), (1, 1, 1)) for ``n``
+        channels (n, 1, 3, 3) float32, built once per batch size."""
+        key = ("sharp", n)
+        if key not in self._aranges:
+            k = torch.ones(3, 3, device=self.device)
+            k[1, 1] = 5.0
+            self._aranges[key] = k.expand(n, 1, 3, 3).contiguous()
+        return self._aranges[key]
+
+    def _slot_pixels(self, pix: torch.Tensor, op: torch.Tensor, bins: torch.Tensor,
+                     negative: torch.Tensor, present: frozenset, height: int, width: int) -> torch.Tensor:
+        """One slot of the masked dispatch on 1-channel images given as int64 pixel values
+        (B, H*W) in 0..255 -> the same after each sample's op.  Bit-identical to :meth:`apply_slot`'s
+        general path (and to the grouped dispatch), with a few dozen ATen calls per slot:
+
+        * warp: one ``gather`` of the zero-padded pixels through the per-(op, bin, sign) source index
+          (:func:`warp_index`; the identity for samples of other ops);
+        * pointwise: each sample's 256-entry table is chosen among the static table (Brightness,
+          Posterize, Solarize, Invert; identity for the other ops) and the statistics-based ones
+          (Contrast from the mean; AutoContrast and Equalize from one ``scatter_add`` histogram
+          and its cumulative sum), all computed on (B, 256) and picked with one indexing op; then
+          one ``gather`` maps every pixel;
+        * Sharpness: torchvision's 3x3 smoothing as one ``conv2d`` of integer weights (exact: see
+          :func:`_sharpness`) and the blend ``x + (blur - x) * (-m)`` with a per-sample factor
+          that is 0 on the border and for samples of other ops, so it leaves them unchanged.
+
+        Each stage is the identity for samples of the other stages, so chaining them applies every
+        sample's one op, with no ``torch.where`` between full batches.
+        """
+        b, n = pix.shape
+        idx = (op, bins, negative)
+        t = self.fast_tables(height, width)
+        if present & _GEOMETRIC_SET:
+            pix = F.pad(pix, (0, 1)).gather(1, t["warp"][idx])           # pad: the fill pixel
+        lut_ops = present & _POINTWISE_SET
+        if lut_ops:
+            cands = [t["lutf"][idx]]                                       # (B, 256) float32
+            vf = t["vf"]
+            if "Contrast" in lut_ops:                                      # as _contrast_px
+                # float32 mean times float64 -m, plus v * ratio: in float64 (addcmul promotes), the
+                # product is exact: _fma's single rounding
+                mean = pix.mean(1, keepdim=True, dtype=torch.float32)
+                cands.append(torch.addcmul(t["vr"][idx], mean, t["negm"][idx]).float())
+            if lut_ops & {"AutoContrast", "Equalize"}:
+                hist = torch.zeros(b, 256, dtype=torch.long, device=pix.device)
+                hist = hist.scatter_add_(1, pix, t["ones"].expand(b, n))
+                cum = hist.cumsum(1)
+                below = cum < n                                            # values below the max
+                if "AutoContrast" in lut_ops:                              # as _autocontrast_px
+                    lo = (cum == 0).sum(1, keepdim=True)                   # smallest value present
+                    d = below.sum(1, keepdim=True) - lo                    # largest - smallest
+                    cands.append((vf - lo * (d != 0)) / t["inv"][d])
+                if "Equalize" in lut_ops:                                  # as _equalize_lut
+                    rest = (cum * below).amax(1, keepdim=True)             # pixels below the max
+                    half, step = t["eq"][rest].unbind(-1)
+                    eq = torch.div(cum - hist + half, step, rounding_mode="floor")
+                    cands.append(torch.where(rest < 255, vf, eq))          # step 0: unchanged
+            if len(cands) == 1:
+                lut = cands[0]
+            else:
+                kind = self._kind_table(lut_ops)[idx]
+                lut = torch.stack(cands, dim=1)[self._arange(b), kind]
+            pix = lut.clamp_(0, 255).long().gather(1, pix)
+        if "Sharpness" in present:                                        # as _sharpness
+            # torchvision's 3x3 kernel on integer pixels: the sums are integers < 2^24, exact in
+            # float32 in any order (and under TF32, which holds these inputs exactly), and S / 13
+            # is never within 1/26 of a half-integer, so the rounded blur is exact; border
+            # pixels and other samples get a 0 factor (``sharp``) and stay as they are.
+            # The batch as the channels of one image: a depthwise conv (fast on every backend).
+            x = pix.view(1, b, height, width).float()
+            blur = F.conv2d(x, self._sharp_kernel(b), padding=1, groups=b).div_(13).round_()
+            # float32 operands, float64 factor: addcmul computes in float64, where the product
+            # and the sum are exact, so the one cast below is _sharpness's single rounding.
+            x = torch.addcmul(x, blur - x, t["sharp"][idx])                     # factor (B, H, W)
+            pix = x.float().clamp_(0, 255).long().view(b, n)
+        return pix
 
     def apply_slot_grouped(self, x: torch.Tensor, op: torch.Tensor, bins: torch.Tensor,
                            negative: torch.Tensor, present: frozenset = frozenset(OPS)) -> torch.Tensor:
@@ -799,6 +1001,9 @@ _GROUP_OF = {"Identity": 0, **{n: 1 for n in GEOMETRIC},
              "Contrast": 3, "AutoContrast": 4, "Equalize": 5, "Sharpness": 6, "Color": 7}
 
 _STATIC_LUT_OPS = ("Brightness", "Posterize", "Solarize", "Invert")
+_STAT_LUT_OPS = ("Contrast", "AutoContrast", "Equalize")       # tables from image statistics
+_GEOMETRIC_SET = frozenset(GEOMETRIC)
+_POINTWISE_SET = frozenset(POINTWISE)
 
 
 def _static_tables(height: int, width: int) -> dict[str, torch.Tensor]:

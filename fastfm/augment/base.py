@@ -190,10 +190,17 @@ def finish(x: torch.Tensor, cfg: AugConfig) -> torch.Tensor:
     return x.contiguous()
 
 
+_CLASSES: dict = {}     # (num_classes, device) -> arange(num_classes), for one_hot
+
+
 def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """int64 (B,) -> float32 (B, num_classes) one-hot targets.
 
     A comparison with ``arange`` rather than ``F.one_hot``: on CPU tensors that checks the labels'
     range with two host reads (``aminmax`` + ``.item()``), which also break a ``torch.compile`` graph.
     """
-    return (labels.unsqueeze(1) == torch.arange(num_classes, device=labels.device)).float()
+    key = (num_classes, labels.device)
+    classes = _CLASSES.get(key)
+    if classes is None:                 # built once per (num_classes, device), not per batch
+        classes = _CLASSES[key] = torch.arange(num_classes, device=labels.device)
+    return (labels.unsqueeze(1) == classes).float()

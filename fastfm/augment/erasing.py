@@ -42,31 +42,62 @@ def draw_erasing_boxes(cfg: AugConfig, b: int, h: int, w: int, generator: torch.
     area = (h * w) * (lo + (hi - lo) * torch.rand(b, ERASING_ATTEMPTS, generator=generator, device=device))
     ratio = torch.exp(log_r0 + (log_r1 - log_r0)
                       * torch.rand(b, ERASING_ATTEMPTS, generator=generator, device=device))
-    eh = torch.sqrt(area * ratio).round().long()            # round half to even, as Python's round()
-    ew = torch.sqrt(area / ratio).round().long()
-    valid = (eh < h) & (ew < w)
+    # Heights and widths as one (2, b, 10) tensor (rows: h, w), and so on below: the same values
+    # as one tensor per axis, in fewer (small) ops.
+    hw = torch.stack((area * ratio, area / ratio)).sqrt_().round_().long()   # half to even, as round()
+    if h == w:
+        valid = (hw < h).all(0)
+    else:
+        valid = (hw[0] < h) & (hw[1] < w)
     first = valid.to(torch.uint8).argmax(dim=1, keepdim=True)   # first valid attempt (0 if none)
     apply = apply & valid.any(dim=1)
-    eh = eh.gather(1, first).squeeze(1)
-    ew = ew.gather(1, first).squeeze(1)
+    hw = hw.gather(2, first.expand(2, b, 1)).view(2, b)         # (eh, ew)
     # top-left uniform over 0..H-h and 0..W-w (torch.randint(0, H - h + 1) in torchvision); an
     # attempt that did not fit (sample not erased) may give a negative range: clamped, harmless.
-    top = (torch.rand(b, generator=generator, device=device) * (h - eh + 1)).floor().long()
-    left = (torch.rand(b, generator=generator, device=device) * (w - ew + 1)).floor().long()
-    top = torch.minimum(top, h - eh).clamp_min(0)           # guard float rounding up to the bound
-    left = torch.minimum(left, w - ew).clamp_min(0)
+    u = torch.stack((torch.rand(b, generator=generator, device=device),
+                     torch.rand(b, generator=generator, device=device)))
+    span = (h + 1) - hw if h == w else torch.stack((h + 1 - hw[0], w + 1 - hw[1]))
+    # (u * span).long(): truncation is the floor wherever span > 0; where it is not, the clamp
+    # below gives 0 either way.  The minimum guards float rounding up to the bound.
+    tl = torch.minimum((u * span).long(), span - 1).clamp_min_(0)
+    top, left = tl.unbind(0)
+    eh, ew = hw.unbind(0)
     return apply, top, left, eh, ew
+
+
+_BANDS: dict = {}
+
+
+def band_table(n: int, device: torch.device, axis: int) -> torch.Tensor:
+    """Band masks of one axis of an (n x n) box, built once per (n, device, axis): ``[start, length]``
+    -> ``start <= i < start + length`` over ``i`` in ``0..n-1``, shaped (n + 1, n + 1, 1, n, 1)
+    for rows (``axis`` -2) and (n + 1, n + 1, 1, 1, n) for columns (``axis`` -1), so that indexing it
+    with (B,) start and length tensors gives a (B, 1, n, 1) / (B, 1, 1, n) mask in one op."""
+    key = (n, device, axis)
+    table = _BANDS.get(key)
+    if table is None:
+        i = torch.arange(n, device=device)
+        s = torch.arange(n + 1, device=device).view(-1, 1, 1)
+        table = (i >= s) & (i < s + torch.arange(n + 1, device=device).view(1, -1, 1))
+        table = table.view((n + 1, n + 1, 1, n, 1) if axis == -2 else (n + 1, n + 1, 1, 1, n))
+        _BANDS[key] = table
+    return table
+
+
+def box_mask(top: torch.Tensor, height: torch.Tensor, left: torch.Tensor, width: torch.Tensor,
+             h: int, w: int) -> torch.Tensor:
+    """(B, 1, h, w) bool mask of the boxes ``top <= i < top + height``, ``left <= j < left + width``
+    given (B,) int64 tensors in ``0..h`` / ``0..w`` (a 0 height or width: empty box): two lookups
+    in :func:`band_table` and one ``&``."""
+    dev = top.device
+    return band_table(h, dev, -2)[top, height] & band_table(w, dev, -1)[left, width]
 
 
 def erase(x: torch.Tensor, boxes: tuple[torch.Tensor, ...], value: float) -> torch.Tensor:
     """Fill each sample's box of :func:`draw_erasing_boxes` with ``value`` in the float batch ``x``
-    (B, C, H, W); samples with ``apply`` False are unchanged.  One (B, H, W) mask from row/column
-    comparisons and one ``masked_fill``; ``x``'s memory format is kept."""
+    (B, C, H, W); samples with ``apply`` False are unchanged.  One (B, 1, H, W) mask from two
+    band-table lookups (:func:`box_mask`; a sample not erased gets an empty box) and one
+    ``masked_fill``; ``x``'s memory format is kept."""
     apply, top, left, eh, ew = boxes
-    b, _, h, w = x.shape
-    rows = torch.arange(h, device=x.device).view(1, h, 1)
-    cols = torch.arange(w, device=x.device).view(1, 1, w)
-    mask = ((rows >= top.view(b, 1, 1)) & (rows < (top + eh).view(b, 1, 1))
-            & (cols >= left.view(b, 1, 1)) & (cols < (left + ew).view(b, 1, 1))
-            & apply.view(b, 1, 1))
-    return x.masked_fill(mask.unsqueeze(1), value)
+    h, w = x.shape[-2:]
+    return x.masked_fill(box_mask(top, eh * apply, left, ew * apply, h, w), value)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from .config import AugConfig
+from .erasing import box_mask
 
 _GAMMA_TRIES = 12  # Marsaglia-Tsang proposals per sample; P(all rejected) < 1e-15 for shape >= 1
 
@@ -62,14 +63,28 @@ def draw_cutmix_boxes(alpha: float, b: int, h: int, w: int, generator: torch.Gen
     cx (b,).  Returns ``(y0, y1, x0, x1)``, each int64 (b,): rows ``y0 <= i < y1``, columns
     ``x0 <= j < x1``.
     """
+    start, end = _draw_cutmix_spans(alpha, b, h, w, generator, device)
+    y0, x0 = start.unbind(0)
+    y1, x1 = end.unbind(0)
+    return y0, y1, x0, x1
+
+
+def _draw_cutmix_spans(alpha: float, b: int, h: int, w: int, generator: torch.Generator,
+                       device) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`draw_cutmix_boxes` (same draws, same values) as ``(start, end)``, each int64 (2, b):
+    row 0 the rows (y0, y1), row 1 the columns (x0, x1)."""
     lam = sample_beta(alpha, b, generator, device)
     r = torch.sqrt(1.0 - lam)
-    half_h = (r * h).long() // 2            # int() truncation: r >= 0, so it is a floor
-    half_w = (r * w).long() // 2
     cy = torch.randint(0, h, (b,), generator=generator, device=device)
     cx = torch.randint(0, w, (b,), generator=generator, device=device)
-    return ((cy - half_h).clamp(0, h), (cy + half_h).clamp(0, h),
-            (cx - half_w).clamp(0, w), (cx + half_w).clamp(0, w))
+    centre = torch.stack((cy, cx))
+    if h == w:
+        half = (r * h).long() // 2          # int() truncation: r >= 0, so it is a floor
+        return (centre - half).clamp_(0, h), (centre + half).clamp_(0, h)
+    half = torch.stack(((r * h).long() // 2, (r * w).long() // 2))
+    start, end = centre - half, centre + half
+    return (torch.stack((start[0].clamp(0, h), start[1].clamp(0, w))),
+            torch.stack((end[0].clamp(0, h), end[1].clamp(0, w))))
 
 
 def mix_batch(x: torch.Tensor, targets: torch.Tensor, cfg: AugConfig,
@@ -93,7 +108,7 @@ def draw_mix(cfg: AugConfig, b: int, h: int, w: int, generator: torch.Generator,
         return {}
     d = {"choice": torch.rand(b, generator=generator, device=device)}
     if cfg.cutmix_p > 0:                                         # config branches, not data
-        d["box"] = draw_cutmix_boxes(cfg.cutmix_alpha, b, h, w, generator, device)
+        d["box"] = _draw_cutmix_spans(cfg.cutmix_alpha, b, h, w, generator, device)   # (start, end)
     if cfg.mixup_p > 0:
         d["mix_lam"] = sample_beta(cfg.mixup_alpha, b, generator, device)   # weight of the sample itself
     return d
@@ -106,33 +121,29 @@ def apply_mix(x: torch.Tensor, targets: torch.Tensor, cfg: AugConfig,
     if not draws:
         return x, targets
     b, _, h, w = x.shape
-    dev = x.device
     partner_x = x.roll(1, dims=0)
     partner_t = targets.roll(1, dims=0)
 
     choice = draws["choice"]
-    do_cut = choice < cfg.cutmix_p
-    do_mix = (choice >= cfg.cutmix_p) & (choice < cfg.cutmix_p + cfg.mixup_p)
-
     out = x
-    partner_w = torch.zeros(b, device=dev)
+    partner_w = None
     box = None
     if "box" in draws:
-        y0, y1, x0, x1 = draws["box"]
-        # Row and column masks are small ((B, H, 1) and (B, 1, W)); only their product is full size.
-        rows = torch.arange(h, device=dev).view(1, h, 1)
-        cols = torch.arange(w, device=dev).view(1, 1, w)
-        in_rows = (rows >= y0.view(b, 1, 1)) & (rows < y1.view(b, 1, 1)) & do_cut.view(b, 1, 1)
-        in_cols = (cols >= x0.view(b, 1, 1)) & (cols < x1.view(b, 1, 1))
-        box = (in_rows & in_cols).unsqueeze(1)                   # (B, 1, H, W)
-        area = ((y1 - y0) * (x1 - x0)).float() / (h * w)         # exact pasted fraction
-        partner_w = torch.where(do_cut, area, partner_w)
+        start, end = draws["box"]                                # (2, B): rows, columns
+        # Box sides, 0 for samples without CutMix: an empty box, and no area.
+        size = (end - start) * (choice < cfg.cutmix_p)
+        y0, x0 = start.unbind(0)
+        bh, bw = size.unbind(0)
+        box = box_mask(y0, bh, x0, bw, h, w)                     # (B, 1, H, W)
+        partner_w = (bh * bw).float() / (h * w)                  # exact pasted fraction
     if "mix_lam" in draws:
         mix_lam = draws["mix_lam"]
+        do_mix = (choice >= cfg.cutmix_p) & (choice < cfg.cutmix_p + cfg.mixup_p)
         blend = torch.where(do_mix, 1.0 - mix_lam, torch.zeros_like(mix_lam))
         out = x + (partner_x - x) * blend.view(b, 1, 1, 1)       # MixUp (blend 0 elsewhere)
-        partner_w = partner_w + blend
+        partner_w = blend if partner_w is None else partner_w + blend
     if box is not None:
         out = torch.where(box, partner_x, out)                   # CutMix paste
-    t = targets * (1.0 - partner_w).unsqueeze(1) + partner_t * partner_w.unsqueeze(1)
+    partner_w = partner_w.unsqueeze(1)
+    t = targets * (1.0 - partner_w) + partner_t * partner_w
     return out, t

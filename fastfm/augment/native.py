@@ -44,6 +44,8 @@ class NativeAugmenter(Augmenter):
         self.generator.manual_seed(self.seed)
         self.autoaugment = (BatchAutoAugment(cfg.autoaugment, self.device)
                             if cfg.autoaugment != "none" else None)
+        self._crop_tables: dict[tuple[int, int, int], torch.Tensor] = {}
+        self._norm_table: torch.Tensor | None = None
 
     def _augment(self, images: torch.Tensor) -> torch.Tensor:
         b, _, h, w = images.shape
@@ -80,18 +82,31 @@ class NativeAugmenter(Augmenter):
                 if self.autoaugment is not None:
                     # AutoAugment is defined on uint8 pixels (as torchvision on PIL/uint8 images):
                     # quantise once here; crop and flip below are pure index ops and commute with it.
-                    x = x.round_().clamp_(0, 255).to(torch.uint8)
+                    # No clamp needed: bilinear weights are non-negative and sum to 1 (to a few
+                    # ulps), so the values stay within [0, 255] up to rounding and round into it.
+                    x = x.round_().to(torch.uint8)
         with self.op_range("crop_flip"):
             x = self._crop_flip(x, *d["crop_flip"])
         if self.autoaugment is not None:
             with self.op_range("autoaugment"):
                 x = self.autoaugment.apply(x, d["autoaugment"], dispatch)
         with self.op_range("normalise"):
-            x = normalise(x, self.mean, self.std)
+            if x.dtype == torch.uint8:
+                # 256 possible inputs: one lookup in the table of :func:`normalise` (same values)
+                x = self._normalise_table()[x.long()]
+            else:
+                x = normalise(x, self.mean, self.std)
         if cfg.erasing_p > 0:
             with self.op_range("erasing"):
                 x = erase(x, d["erasing"], cfg.erasing_value)
         return x
+
+    def _normalise_table(self) -> torch.Tensor:
+        """:func:`normalise` of the 256 uint8 values, on :attr:`device` (built once)."""
+        if self._norm_table is None:
+            values = torch.arange(256, dtype=torch.uint8, device=self.device)
+            self._norm_table = normalise(values, self.mean, self.std)
+        return self._norm_table
 
     def draw(self, b: int, h: int, w: int) -> dict:
         """Every random draw of one call on ``b`` images of h x w pixels (mixing included), in the
@@ -149,22 +164,33 @@ class NativeAugmenter(Augmenter):
         return top, left, flip
 
     def _crop_flip(self, x: torch.Tensor, top, left, flip) -> torch.Tensor:
-        """Per-sample row indices (B, crop) and column indices (B, crop), the latter reversed where the
-        sample is flipped (``torch.where`` on the indices rather than on two image batches), index the
-        batch in one advanced-indexing gather: no loop, no unfold, no data-dependent shape.
+        """One ``gather`` of the flattened batch with each sample's flat source indices (B, crop*crop),
+        looked up in a table built once per size (:meth:`_crop_flip_table`) by (top, left, flip):
+        no loop, no unfold, no data-dependent shape.
         """
-        b, _, h, _ = x.shape
+        b, c, h, w = x.shape
         if top is None and flip is None:
             return x
         crop = self.cfg.crop or h
-        dev = x.device
+        table = self._crop_flip_table(h, w, crop)        # (tops, lefts, flips, crop*crop)
         if top is None:
-            top = left = torch.zeros(b, 1, dtype=torch.long, device=dev)
-        ar = torch.arange(crop, device=dev)
-        cols = ar.expand(b, crop)
-        if flip is not None:
-            cols = torch.where(flip, crop - 1 - ar, ar)
-        rows = top + ar                                    # (B, crop)
-        cols = left + cols                                 # (B, crop)
-        bidx = torch.arange(b, device=dev).view(b, 1, 1)
-        return x[bidx, 0, rows.unsqueeze(2), cols.unsqueeze(1)].unsqueeze(1)
+            top = left = 0
+        idx = table[top, left, flip.long() if flip is not None else 0]   # (B, 1, crop*crop)
+        if c != 1:
+            idx = idx.expand(b, c, crop * crop)
+        return x.reshape(b, c, h * w).gather(2, idx).view(b, c, crop, crop)
+
+    def _crop_flip_table(self, h: int, w: int, crop: int) -> torch.Tensor:
+        """(h - crop + 1, w - crop + 1, 2, crop * crop) int64, built once per (h, w, crop): the flat
+        source pixel of every output pixel for each top, left and flip (1: columns reversed)."""
+        key = (h, w, crop)
+        table = self._crop_tables.get(key)
+        if table is None:
+            dev = self.device
+            ar = torch.arange(crop, device=dev)
+            rows = torch.arange(h - crop + 1, device=dev).view(-1, 1, 1, 1, 1) + ar.view(1, 1, 1, crop, 1)
+            cols = torch.stack((ar, crop - 1 - ar))                                   # (2, crop)
+            cols = torch.arange(w - crop + 1, device=dev).view(1, -1, 1, 1, 1) + cols.view(1, 1, 2, 1, crop)
+            table = (rows * w + cols).view(h - crop + 1, w - crop + 1, 2, crop * crop)
+            self._crop_tables[key] = table
+        return table
