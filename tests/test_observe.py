@@ -274,3 +274,24 @@ def test_evaluate_json_has_the_keys_of_summary_json(fresh, tmp_path):
                 "precision", "device", "test_acc_model", "test_loss_model"):
         assert ev[key] == summary[key], key
     assert 0 < ev["wall_time_s"] <= summary["wall_time_s"]
+
+
+def test_a_one_epoch_curve_is_visible(tmp_path):
+    """curves.png is rewritten after the first evaluation: a single point must show (a line through
+    one point draws nothing), in the first colour of the cycle."""
+    import matplotlib.image
+
+    from fastfm.engine.plots import plot_curves
+
+    path = tmp_path / "curves.png"
+    plot_curves([{"epoch": 1, "train_loss": 1.1, "test_loss": 0.45, "test_acc": 0.87, "lr": 0.1}], path)
+    rgb = matplotlib.image.imread(str(path))[..., :3]
+    blue = (abs(rgb[..., 0] - 0x1F / 255) < 0.05) & (abs(rgb[..., 1] - 0x77 / 255) < 0.05) & \
+        (abs(rgb[..., 2] - 0xB4 / 255) < 0.05)
+    # the legend's sample line is blue too: more blue pixels than two legends' lines alone
+    legend_only = tmp_path / "legend.png"
+    plot_curves([{"epoch": 1, "train_loss": 1.1, "test_loss": 0.45, "test_acc": 0.87}], legend_only)
+    rgb0 = matplotlib.image.imread(str(legend_only))[..., :3]
+    blue0 = (abs(rgb0[..., 0] - 0x1F / 255) < 0.05) & (abs(rgb0[..., 1] - 0x77 / 255) < 0.05) & \
+        (abs(rgb0[..., 2] - 0xB4 / 255) < 0.05)
+    assert blue.sum() > blue0.sum() > 0             # the lr point adds blue: points are drawn

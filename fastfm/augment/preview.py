@@ -57,7 +57,7 @@ def write_grid(out: str | Path, augmenters: dict, images: torch.Tensor, labels: 
         ax.axis("off")
     fig.tight_layout()
     with atomic_writer(out) as f:
-        fig.savefig(f, format="png", dpi=110)
+        fig.savefig(f, format="png", dpi=110, bbox_inches="tight", pad_inches=0.1)   # no empty margin
 
 
 def preview(out: str | Path, *, backends=("native",), data_root="data", n: int = 8, rows: int = 4,

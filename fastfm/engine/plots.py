@@ -39,19 +39,27 @@ def plot_curves(records: list[dict], path: str | Path) -> None:
         pts = [(r["epoch"], r[key]) for r in records if r.get(key) is not None]
         return [p[0] for p in pts], [p[1] for p in pts]
 
+    # Markers while the curves are short: the plot is rewritten after every evaluation, and a line
+    # through one point (the first epoch) draws nothing.
+    style = {"marker": "."} if len(records) <= 60 else {}
     for key, label in (("train_loss", "train"), ("test_loss", "test"), ("test_loss_ema", "test (EMA)")):
         x, y = series(key)
         if x:
-            ax_loss.plot(x, y, label=label)
+            ax_loss.plot(x, y, label=label, **style)
     for key, label in (("test_acc", "test"), ("test_acc_ema", "test (EMA)")):
         x, y = series(key)
         if x:
-            ax_acc.plot(x, [100 * v for v in y], label=label)
+            ax_acc.plot(x, [100 * v for v in y], label=label, **style)
     x, y = series("lr")
-    ax_lr.plot(x, y)
+    ax_lr.plot(x, y, **style)
+    from matplotlib.ticker import MaxNLocator
+
     for ax, title in ((ax_loss, "loss"), (ax_acc, "test accuracy (%)"), (ax_lr, "learning rate (end of epoch)")):
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))   # whole epochs
+        if records:
+            ax.set_xlim(0.5, max(r["epoch"] for r in records) + 0.5)
         ax.grid(alpha=0.3)
     ax_loss.legend()
     ax_acc.legend()
