@@ -202,7 +202,8 @@ plot_curves([json.loads(l) for l in open(sys.argv[1]) if l.strip()], sys.argv[2]
   return $code
 }
 
-export PYTHONPATH=/tmp/site:$PWD FASTFM_REQUIRE_DATA=1
+# The caller's PYTHONPATH comes last (tests/test_gpu_check.py injects a fault through it).
+export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH} FASTFM_REQUIRE_DATA=1
 export -f setup environment data train
 export PY device mode out runs
 

@@ -1,5 +1,5 @@
 """benchmarks/gpu_check.sh's plan and what comes back from the GPU machine (fastfm/bench/outputs.py),
-on the CPU.  The whole --cpu-smoke takes minutes, so it is run by hand (README), not here."""
+on the CPU, and the whole ``--cpu-smoke`` (about a minute) with a fault injected into one backend."""
 
 from __future__ import annotations
 
@@ -81,3 +81,38 @@ def test_outputs_cli_usage(argv, rc):
     out = subprocess.run([sys.executable, "-m", "fastfm.bench.outputs", *argv], capture_output=True, text=True,
                          cwd=REPO)
     assert out.returncode == rc and "usage" in out.stderr
+
+
+@pytest.mark.slow
+def test_cpu_smoke_with_a_failing_backend_still_returns_every_other_figure(tmp_path, data_root):
+    """``bash benchmarks/gpu_check.sh OUT --cpu-smoke`` with the Kornia backend failing at its first
+    batch (tests/fault_kornia/sitecustomize.py, on the caller's PYTHONPATH, which the check keeps):
+    the Kornia rows say why they failed, every other row, the matrix and the trace are there, the
+    stages that lost a row are named, and OUT keeps to the GPU machine's limits."""
+    import os
+
+    out = tmp_path / "out"
+    env = dict(os.environ, FASTFM_INJECT_FAULT="kornia", PYTHONPATH=str(REPO / "tests" / "fault_kornia"),
+               PYTHON=sys.executable)        # as the README writes it: PYTHON=.venv/bin/python
+    r = subprocess.run(["bash", str(SCRIPT), str(out), "--cpu-smoke"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "FAILED: throughput aug_cost" in r.stdout
+    assert "8 entries, within the GPU machine's limits" in r.stdout
+    report = json.loads((out / "throughput.json").read_text())
+    rows = {(x["mode"], x["pipeline"], x.get("variant")): x for x in report["rows"]}
+    for key in (("aug", "kornia", None), ("full", "kornia", None)):
+        assert rows[key]["status"] == "failed" and "injected fault" in rows[key]["error"]
+    ok = [k for k, x in rows.items() if x["status"] == "ok"]
+    for key in (("aug", "native", None), ("aug", "dali", None), ("aug", "baseline", None),
+                ("full", "native", None), ("full", "dali", None), ("baseline", "baseline", None),
+                ("step", "synthetic input", None)):
+        assert key in ok, (key, rows.get(key))
+    matrix = [x for x in report["rows"] if x.get("variant")]
+    assert len(matrix) == 4 and all(x["status"] == "ok" and x["op_calls"] for x in matrix)
+    assert report["trace"]["backend"] == "native"
+    costs = json.loads((out / "aug_cost.json").read_text())["rows"]
+    assert any(x["status"] == "failed" for x in costs) and sum(x["status"] == "ok" for x in costs) >= 10
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["gpu_check.log", "throughput.json", "throughput.png", "traces.tar.gz", "aug_cost.json",
+         "metrics.jsonl", "curves.png", "summary.json"])
