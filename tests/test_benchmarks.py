@@ -484,6 +484,7 @@ def test_matrix_rows_carry_variant_and_operator_calls_eager_and_compiled():
     for r in cells:
         assert r.ok and r.batch == 4 and r.images_per_sec > 0 and r.peak_fraction > 0, r
         assert r.config["compile_mode"] in ("none", "default") and r.config["cuda_graphs"] is False
+        assert r.config["augmenter_compiled"] is False      # eager on the CPU, whatever the mode
         assert r.op_calls["step"]["aten_ops"] > 0 and r.op_calls["augmenter"]["aten_ops"] > 0
     assert "| eager, batch 4 |" in report["markdown"]
 

@@ -6,8 +6,8 @@
 * the statistics of its ops -- flip rate, crop offsets, erasing boxes, CutMix areas, MixUp weights,
   a sub-policy per sample -- pass the very tests every backend passes (tests/test_augment_contract.py),
   run here on the compiled call;
-* the hot path picks it for the native backend when ``compile_mode`` is not ``none``, and leaves
-  Kornia/DALI (no pure phase) and eager runs alone;
+* the hot path picks it for the native backend when ``compile_mode`` is not ``none`` off the CPU,
+  and leaves Kornia/DALI (no pure phase), eager runs and CPU runs alone;
 * DALI fed one batch ahead (``prefetch``) gives the same batches and resumes exactly.
 """
 
@@ -112,7 +112,11 @@ def test_autoaugment_sub_policy_per_sample(make, real_images):
     contract.test_autoaugment_sub_policy_per_sample(make, real_images, "cifar10")
 
 
-def test_hot_path_compiles_the_native_augmenter_only(data_root):
+def test_hot_path_compiles_the_native_augmenter_only_off_the_cpu():
+    """The hot path's choice (``HotPath.augment``, derived again when the benchmarks swap the
+    augmenter): compiled for the native backend under a compile mode on an accelerator; eager for
+    ``none``, for Kornia and DALI, and on the CPU, where the grouped eager dispatch is faster than the
+    compiled masked one (fastfm/augment/compiled.py)."""
     from fastfm.config import Config
     from fastfm.data.resident import ResidentData
     from fastfm.distributed import DistInfo
@@ -120,19 +124,27 @@ def test_hot_path_compiles_the_native_augmenter_only(data_root):
 
     info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     data = ResidentData.synthetic(256, "cpu")
-    for backend, mode, compiled in (("native", "default", True), ("native", "none", False),
-                                    ("kornia", "default", False)):
+    for backend, mode in (("native", "default"), ("native", "none"), ("kornia", "default")):
         cfg = Config.from_dict({"model": {"name": "wrn", "depth": 10, "width": 1},
                                 "aug": {"backend": backend},
                                 "train": {"batch_size": 64, "compile_mode": mode, "epochs": 1}})
         hot = build_hot_path(cfg, info, data, MEAN, STD)
-        assert isinstance(hot.augment, CompiledAugment) is compiled
-        assert (hot.augment.augmenter if compiled else hot.augment) is hot.augmenter
-        # the benchmarks swap the augmenter with dataclasses.replace: the call follows it
+        assert hot.augment is hot.augmenter                         # the CPU: eager
         other = create_augmenter(cfg.aug, "cpu", seed=1, mean=MEAN, std=STD)
-        swapped = dataclasses.replace(hot, augmenter=other)
-        assert (swapped.augment.augmenter if compiled else swapped.augment) is other
-    assert compile_augmenter(other, "none") is other
+        assert dataclasses.replace(hot, augmenter=other).augment is other
+        # the same augmenter as if it lived on a GPU (the choice reads only its device; a
+        # CompiledAugment compiles lazily, at its first call)
+        other.device = torch.device("cuda", 0)
+        chosen = compile_augmenter(other, mode)
+        if backend == "native" and mode != "none":
+            assert isinstance(chosen, CompiledAugment) and chosen.augmenter is other and chosen.mode == "default"
+        else:
+            assert chosen is other
+    for mode in ("default", "reduce-overhead", "max-autotune"):   # the augmenter never takes CUDA graphs
+        assert compile_augmenter(create_augmenter(AugConfig(), "cpu"), mode).__class__ is not CompiledAugment
+        gpu = create_augmenter(AugConfig(), "cpu")
+        gpu.device = torch.device("cuda", 0)
+        assert compile_augmenter(gpu, mode).mode == "default"
 
 
 # ------------------------------------------------------------------ DALI, one batch ahead

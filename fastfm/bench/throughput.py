@@ -198,7 +198,9 @@ def describe(hot: HotPath) -> dict:
     return dict(model=model_label(c), parameters=sum(p.numel() for p in hot.model.parameters()),
                 batch=c.train.batch_size, precision=hot.precision.name,
                 channels_last=c.aug.channels_last, compile_mode=c.train.compile_mode, optimizer=c.optim.name,
-                ema=c.ema.enabled, input=(c.aug.channels, c.aug.out_size, c.aug.out_size))
+                ema=c.ema.enabled, input=(c.aug.channels, c.aug.out_size, c.aug.out_size),
+                # the augmenter is compiled with the model only off the CPU (fastfm/augment/compiled.py)
+                augmenter_compiled=hot.augment is not hot.augmenter)
 
 
 def aug_rows(s: Settings, pool: ResidentData, log: RowLog) -> None:

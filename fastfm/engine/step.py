@@ -112,8 +112,8 @@ class HotPath:
     step: OptimizerStep             # wraps the DDP-wrapped, compiled model
     schedule: WarmupCosine
     stats: StepStats
-    # What the iteration calls: ``augmenter`` itself, or under ``train.compile_mode`` its pure part
-    # compiled (fastfm.augment.compiled).  Derived, so ``dataclasses.replace(hot, augmenter=...)``
+    # What the iteration calls: ``augmenter`` itself, or under ``train.compile_mode`` on a GPU its
+    # pure part compiled (fastfm.augment.compiled says why not on the CPU).  Derived, so ``dataclasses.replace(hot, augmenter=...)``
     # (the benchmarks' other backends) derives it again.  Checkpoint ``augmenter``, not this.
     augment: Callable = field(init=False, repr=False)
 
