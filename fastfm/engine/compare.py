@@ -236,7 +236,10 @@ def plot_runs(runs: list[RunView], path: str | Path) -> None:
 
     fig = _figure(8, 5)
     ax = fig.subplots()
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))     # epochs are whole numbers
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))     # whole epochs
+    last = max((e for run in runs for e in run.curve()[0]), default=None)
+    if last is not None:
+        ax.set_xlim(0.5, last + 0.5)
     for run in runs:
         epochs, accs = run.curve()
         if not epochs:
