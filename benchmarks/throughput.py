@@ -5,7 +5,7 @@
         [--batch-size N] [--precision auto|fp32|bf16|fp16] [--[no-]channels-last] [--[no-]compile]
         [--compile-mode none|default|reduce-overhead|max-autotune]
         [--workers N] [--json F] [--markdown F.md] [--plot F.png] [--trace DIR]
-        [--matrix]
+        [--matrix [--matrix-modes ...] [--matrix-batches ...] [--matrix-budget-s S]]
 
 Rows (fastfm/bench/throughput.py says exactly what each times): ``aug`` each backend's whole
 augmentation stack (and the baseline's, the original per-sample pipeline); ``step`` forward +
@@ -77,6 +77,9 @@ def main(argv=None) -> int:
                    help="train.compile_mode of each matrix column (reduce-overhead: CUDA graphs on CUDA)")
     p.add_argument("--matrix-batches", nargs="+", type=int, default=list(MATRIX_BATCHES),
                    help="batches of the matrix (default: 128 512)")
+    p.add_argument("--matrix-budget-s", type=float, metavar="S",
+                   help="start no matrix cell later than S seconds after the start (the cells left are "
+                        "'skipped' rows); keeps time for the trace under a caller's time cap")
     args = p.parse_args(argv)
     try:
         parse_device(args.device)
@@ -84,6 +87,8 @@ def main(argv=None) -> int:
         if args.batch_size is not None and args.batch_size < 2:
             raise ValueError(f"--batch-size must be at least 2 (CutMix pairs samples, BatchNorm needs 2), "
                              f"got {args.batch_size}")
+        if args.matrix_budget_s is not None and args.matrix_budget_s < 0:
+            raise ValueError(f"--matrix-budget-s: must be >= 0, got {args.matrix_budget_s:g}")
         if min(args.matrix_batches) < 2:
             raise ValueError(f"--matrix-batches must be at least 2, got {args.matrix_batches}")
         if args.trace_steps < 1:
@@ -103,7 +108,8 @@ def main(argv=None) -> int:
         report = throughput_report(settings, trace_dir=args.trace, trace_steps=args.trace_steps,
                                    on_update=progress(writer(args.json, args.markdown)),
                                    matrix=dict(batches=tuple(args.matrix_batches),
-                                               compile_modes=tuple(args.matrix_modes)) if args.matrix else None)
+                                               compile_modes=tuple(args.matrix_modes)) if args.matrix else None,
+                                   matrix_budget_s=args.matrix_budget_s)
     except ValueError as exc:   # ConfigError, DeviceError, OutputPathError: unknown model, bad value, no CUDA
         print(f"error: {exc}", file=sys.stderr)
         return 2

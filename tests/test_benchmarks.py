@@ -494,3 +494,26 @@ def test_matrix_never_names_cuda_graphs_on_the_cpu():
     assert "CUDA graphs" not in matrix_variant("reduce-overhead", 8, torch.device("cpu")).replace(
         "without CUDA graphs", "")
     assert matrix_variant("reduce-overhead", 512, torch.device("cuda")) == "compiled + CUDA graphs, batch 512"
+
+
+def test_matrix_budget_skips_the_cells_left_and_the_trace_still_runs(tmp_path):
+    """``benchmarks/throughput.py --matrix --matrix-budget-s 0`` as the GPU check would cap it:
+    every matrix cell is a ``skipped`` row naming the option (two per cell, with its variant), the
+    other rows are measured, the trace after the matrix is written, and skipped is not failed."""
+    out = tmp_path / "t.json"
+    r = subprocess.run([sys.executable, "benchmarks/throughput.py", "--device", "cpu", "--model", "wrn-10-1",
+                        "--batch-size", "8", "--baseline-batch", "8", "--workers", "1", "--warmup", "1",
+                        "--iters", "1", "--repeats", "1", "--mode", "step", "--backends", "native",
+                        "--data", DATA, "--matrix", "--matrix-batches", "8", "--matrix-modes", "none", "default",
+                        "--matrix-budget-s", "0", "--trace", str(tmp_path / "trace"), "--trace-steps", "1",
+                        "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads(out.read_text())
+    cells = [x for x in report["rows"] if x["variant"]]
+    assert [(x["mode"], x["variant"], x["status"]) for x in cells] == [
+        ("step", "eager, batch 8", "skipped"), ("full", "eager, batch 8", "skipped"),
+        ("step", "compiled, batch 8", "skipped"), ("full", "compiled, batch 8", "skipped")]
+    assert all("--matrix-budget-s" in x["error"] for x in cells)
+    assert [x["status"] for x in report["rows"] if not x["variant"] and x["mode"] == "step"] == ["ok"]
+    assert report["trace"]["backend"] == "native" and Path(report["trace"]["path"]).exists()
+    assert "skipped — skipped: --matrix-budget-s spent" in r.stdout          # the markdown notes

@@ -199,6 +199,7 @@ def test_benchmark_unwritable_output_fails_before_measuring(tmp_path, script, op
     ("benchmarks/throughput.py", ["--batch-size", "0"], "--batch-size"),
     ("benchmarks/throughput.py", ["--trace-steps", "0"], "--trace-steps"),
     ("benchmarks/throughput.py", ["--device", "tpu"], "--device"),
+    ("benchmarks/throughput.py", ["--matrix", "--matrix-budget-s", "-1"], "--matrix-budget-s"),
 ])
 def test_benchmark_bad_count_or_device_is_named(tmp_path, script, args, option):
     out = tmp_path / "out.json"

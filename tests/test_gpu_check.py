@@ -30,6 +30,8 @@ def test_dry_run_prints_every_stage_budget_and_a_total_within_7_minutes(tmp_path
     for name, limit in stages.items():                    # the limits the stages really run under
         assert f"== {name} (limit {limit} s)" in out.stdout
     assert "--matrix --matrix-batches 512 128" in out.stdout
+    # no matrix cell starts in the throughput stage's last 60 s: the trace after it keeps its time
+    assert f"--matrix-budget-s {int(stages['throughput']) - 60} " in out.stdout
     assert "traces.tar.gz" in out.stdout and not list(tmp_path.iterdir())   # a dry run writes nothing
 
 

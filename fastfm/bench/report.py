@@ -53,7 +53,7 @@ class Row:
     clock: str | None = None                # "cuda events" (device time) or "wall" (CPU), see time_fn
     precision: str | None = None            # training rows: fp32 | bf16 | fp16
     config: dict = field(default_factory=dict)   # what was timed, in enough detail to repeat it
-    status: str = "ok"                      # ok | missing | failed
+    status: str = "ok"                      # ok | missing | failed | skipped (a time budget ran out)
     error: str | None = None
     # op rows: the rung (``base``, ``+resize``, ...); ms_per_batch is the cumulative stack up to it,
     # op_ms the difference to the rung below, op_share that difference over the whole stack.

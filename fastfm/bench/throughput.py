@@ -37,6 +37,7 @@ import dataclasses
 import functools
 import os
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -367,12 +368,24 @@ def matrix_cell(s: Settings, data: ResidentData, mean: float, std: float, batch:
 
 
 def matrix_rows(s: Settings, data: ResidentData, mean: float, std: float, flops: dict[int, float],
-                log: RowLog, batches=MATRIX_BATCHES, compile_modes=("none", "default", "reduce-overhead")) -> None:
+                log: RowLog, batches=MATRIX_BATCHES, compile_modes=("none", "default", "reduce-overhead"),
+                deadline: float | None = None) -> None:
     """The throughput matrix: for each compile mode x batch, :func:`matrix_cell`'s two rows, each
-    cell in its own guard (a mode that fails to compile costs only its cell)."""
+    cell in its own guard (a mode that fails to compile costs only its cell).
+
+    ``deadline`` (``time.monotonic()`` seconds): no cell is started after it; the cells left are
+    ``skipped`` rows saying so.  A cell compiles WRN-40-4 (and the augmenter) for its mode and
+    batch, tens of seconds on a GPU: under a caller's time cap (the GPU check) this keeps the time
+    for the trace, which runs after the matrix, and records which cells were not measured instead
+    of losing them to a kill."""
     size = s.cfg.aug.out_size
     for batch in batches:
         for mode in compile_modes:
+            if deadline is not None and time.monotonic() > deadline:
+                reason = "skipped: --matrix-budget-s spent before this cell started"
+                log.add([Row(m, p, batch, variant=matrix_variant(mode, batch, s.device), status="skipped",
+                             error=reason) for m, p in (("step", "synthetic input"), ("full", "native"))])
+                continue
             rows = attempt(functools.partial(matrix_cell, s, data, mean, std, batch, mode, flops.get(size)),
                            mode="full", pipeline="native", batch=batch)
             for r in rows:
@@ -392,7 +405,8 @@ COLUMNS = [("mode", "mode", ""), ("pipeline", "pipeline", ""), ("variant", "vari
 
 
 def throughput_report(s: Settings, trace_dir: str | Path | None = None, trace_steps: int = 3,
-                      on_update: Callable[[dict], None] | None = None, matrix: dict | None = None) -> dict:
+                      on_update: Callable[[dict], None] | None = None, matrix: dict | None = None,
+                      matrix_budget_s: float | None = None) -> dict:
     """Time every requested mode; return environment, settings, rows, markdown.
 
     Every row is measured in its own guard (:class:`~fastfm.bench.report.RowLog`): one that raises
@@ -402,9 +416,11 @@ def throughput_report(s: Settings, trace_dir: str | Path | None = None, trace_st
     full iterations with the first available backend is written last, in a guard of its own
     (:func:`fastfm.bench.trace.write_trace`); ``report["trace"]`` is its summary, or
     ``{"status": "failed", "error": ...}``.  ``matrix``: :func:`matrix_rows`'s ``batches`` and
-    ``compile_modes``, measured after the other rows and before the trace.
+    ``compile_modes``, measured after the other rows and before the trace; ``matrix_budget_s``: no
+    matrix cell starts later than that many seconds after this call began (see :func:`matrix_rows`).
     """
     load_before = os.getloadavg()
+    deadline = None if matrix_budget_s is None else time.monotonic() + matrix_budget_s
     dev, cfg = s.device, s.cfg
     flops: dict[int, float] = {}
     peaks = Peaks(dev)
@@ -449,7 +465,7 @@ def throughput_report(s: Settings, trace_dir: str | Path | None = None, trace_st
         if size not in flops:
             _, error = guarded("counting FLOPs", lambda: flops.setdefault(size, train_flops_per_image(
                 build_single(native_config(cfg), dev, mdata, mmean, mstd).model, cfg.aug.channels, size, dev)))
-        matrix_rows(s, mdata, mmean, mstd, flops, log, **matrix)
+        matrix_rows(s, mdata, mmean, mstd, flops, log, **matrix, deadline=deadline)
     if trace_dir is not None:
         if hot is None:
             state["trace"] = dict(status="failed", error=f"no hot path to trace: {error}")
