@@ -31,6 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fastfm.augment.config import BACKENDS  # noqa: E402
+from fastfm.cli import run_script  # noqa: E402
 from fastfm.bench.report import exit_status, progress, write_plot, writer  # noqa: E402
 from fastfm.bench.throughput import MATRIX_BATCHES, MATRIX_MODES, MODES  # noqa: E402
 from fastfm.bench.throughput import resolve_settings, throughput_report  # noqa: E402
@@ -124,4 +125,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Ctrl-C: one line and exit 130, no traceback; the rows finished so far are already in the files
+    # (rewritten after every row).  Option errors are handled in main() (exit 2).
+    sys.exit(run_script(main, interrupted="interrupted: the rows measured so far are in the --json / "
+                                          "--markdown files, if given"))

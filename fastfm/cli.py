@@ -45,12 +45,14 @@ def error_line(e: BaseException) -> str:
     return f"error: {e}"
 
 
-def run_script(main: Callable[[], int | None]) -> int:
-    """Run a script's ``main()`` and turn its errors into one line and an exit status (see above)."""
+def run_script(main: Callable[[], int | None],
+               interrupted: str = "interrupted: stopped at once, without saving") -> int:
+    """Run a script's ``main()`` and turn its errors into one line and an exit status (see above);
+    ``interrupted``: the line a Ctrl-C prints (a benchmark says where its finished rows are)."""
     try:
         return main() or 0
     except KeyboardInterrupt:
-        print("\ninterrupted: stopped at once, without saving", file=sys.stderr)
+        print(f"\n{interrupted}", file=sys.stderr)
         return 130
     except Exception as e:
         if isinstance(e, user_errors()):

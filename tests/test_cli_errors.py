@@ -206,3 +206,36 @@ def test_benchmark_bad_count_or_device_is_named(tmp_path, script, args, option):
     r = run(script, "--device", "cpu", *args, "--json", out, timeout=60)
     assert_error(r, option)
     assert r.stdout == "" and not out.exists()
+
+
+@pytest.mark.parametrize("script", ["benchmarks/aug_cost.py", "benchmarks/throughput.py"])
+def test_ctrl_c_in_a_benchmark_is_one_line_and_keeps_the_finished_rows(tmp_path, script):
+    """Ctrl-C (SIGINT) while a benchmark measures: exit 130 with one line and no traceback; the JSON,
+    rewritten after every row, holds the rows finished before."""
+    import signal
+    import time
+
+    from procs import wait_for
+
+    out = tmp_path / "rows.json"
+    args = ["--device", "cpu", "--repeats", "1", "--json", str(out)]
+    if script.endswith("throughput.py"):
+        args += ["--model", "wrn-10-1", "--batch-size", "8", "--baseline-batch", "8", "--workers", "1",
+                 "--warmup", "1", "--iters", "1"]
+    else:
+        args += ["--batch-size", "256", "--iters", "2"]
+    proc = subprocess.Popen([sys.executable, script, *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(proc, "row ", timeout=120)
+        deadline = time.monotonic() + 60            # the files follow the row lines of one update
+        while not out.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the benchmark ended before it could be interrupted"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted: the rows measured so far" in err
+    assert len(json.loads(out.read_text())["rows"]) >= 1
