@@ -88,15 +88,19 @@ class Augmenter(abc.ABC):
     def check_input(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         """Validate the input half of the contract with clear errors, including the device (the
         generators live on :attr:`device`).  Metadata only: no sync."""
-        if images.dtype != torch.uint8:
-            raise TypeError(f"augmenter expects uint8 images, got {images.dtype}")
-        if images.dim() != 4 or images.shape[1] != 1:
-            raise ValueError(f"augmenter expects images of shape (B, 1, H, W), got {tuple(images.shape)}")
+        self.check_images(images)
         if labels.dtype != torch.int64 or labels.shape != images.shape[:1]:
             raise ValueError(f"augmenter expects int64 labels of shape ({images.shape[0]},), "
                              f"got {labels.dtype} {tuple(labels.shape)}")
         if labels.device != images.device:
             raise ValueError(f"images on {images.device} but labels on {labels.device}")
+
+    def check_images(self, images: torch.Tensor) -> None:
+        """The images' part of :meth:`check_input` (also what :meth:`prefetch` is given)."""
+        if images.dtype != torch.uint8:
+            raise TypeError(f"augmenter expects uint8 images, got {images.dtype}")
+        if images.dim() != 4 or images.shape[1] != 1:
+            raise ValueError(f"augmenter expects images of shape (B, 1, H, W), got {tuple(images.shape)}")
         dev = images.device
         if dev.type != self.device.type or (self.device.index is not None and dev.index != self.device.index):
             raise ValueError(f"the {self.name} augmenter was built for {self.device} but the batch "

@@ -345,9 +345,7 @@ class DaliAugmenter(Augmenter):
         collected batches only (``Pipeline.checkpoint()`` with a batch in flight restores to the
         first uncollected one; tests/test_augment_dali.py), so prefetching changes no output and a
         checkpoint taken meanwhile resumes exactly."""
-        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 1:
-            raise ValueError(f"prefetch expects uint8 images (B, 1, H, W), got {images.dtype} "
-                             f"{tuple(images.shape)}")
+        self.check_images(images)
         if self._pending is not None:
             raise RuntimeError("prefetch: the previously prefetched batch has not been augmented yet")
         with self.op_range("dali_feed"):

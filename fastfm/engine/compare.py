@@ -16,13 +16,13 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..files import OutputPathError, atomic_writer, check_writable
-from .plots import _figure
+from .plots import _figure, _save
 from .state import MARKER, RunFolderError, read_jsonl
+from .summary import median_images_per_sec
 
 # The columns of the table and the keys of the JSON rows; numbers in the JSON are as the run wrote
 # them (accuracies as fractions), the table formats them.
@@ -139,11 +139,10 @@ def summary_row(run: RunView) -> dict:
             row.update(best_test_acc=None, best_epoch=None)
         return row
     epochs, accs = run.curve()
-    rates = [r["images_per_sec"] for r in run.records if _number(r.get("images_per_sec"))]
     walls = [r["wall_time_s"] for r in run.records if _number(r.get("wall_time_s"))]
     row.update(status=IN_PROGRESS, epochs=run.records[-1]["epoch"] if run.records else 0,
                weights="ema" if run.acc_key == "test_acc_ema" else "model",
-               images_per_sec=statistics.median(rates) if rates else None,   # as summary.json computes it
+               images_per_sec=median_images_per_sec(run.records),   # as summary.json computes it
                wall_time_s=walls[-1] if walls else None)
     if accs:
         best = max(range(len(accs)), key=accs.__getitem__)      # the first of equals, as the run keeps
@@ -260,11 +259,7 @@ def plot_runs(runs: list[RunView], path: str | Path) -> None:
     else:
         ax.text(0.5, 0.5, "no evaluated epoch yet", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
-
-    def save():
-        with atomic_writer(path) as f:
-            fig.savefig(f, format="png", metadata={"Software": STAMP})
-    _write(path, "--plot", save)
+    _write(path, "--plot", lambda: _save(fig, path, metadata={"Software": STAMP}))
 
 
 def write_json(rows: list[dict], path: str | Path) -> None:

@@ -22,9 +22,10 @@ def _figure(width: float, height: float):
     return fig
 
 
-def _save(fig, path: str | Path) -> None:
+def _save(fig, path: str | Path, metadata: dict | None = None) -> None:
+    """``fig`` as a PNG at ``path``, atomically; ``metadata``: PNG text entries (e.g. "Software")."""
     with atomic_writer(path) as f:
-        fig.savefig(f, format="png")
+        fig.savefig(f, format="png", metadata=metadata)
 
 
 def plot_curves(records: list[dict], path: str | Path) -> None:

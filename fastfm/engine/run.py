@@ -334,8 +334,9 @@ class Run:
         """Rank 0: ``augment.png``, the first training images before and after this run's own
         augmentation (its backend, config and rank 0's seed, CutMix included), by the code of
         ``scripts/preview_augment.py``.  A second augmenter built like the hot path's draws them: the
-        hot path's augmenter and torch's global generators are left as they were, so the training
-        is the same bit for bit with or without the picture.  Not redrawn when resuming."""
+        hot path's augmenter and torch's global generators (restored by ``write_grid``) are left as
+        they were, so the training is the same bit for bit with or without the picture.  Not redrawn
+        when resuming."""
         path = self.run_dir / "augment.png"
         if not self.info.is_primary or path.exists():
             return
@@ -343,10 +344,8 @@ class Run:
         from ..augment.preview import write_grid
 
         seed = self.cfg.train.seed          # rank 0's augmentation seed (build_hot_path: seed + rank)
-        dev = self.info.device
-        cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda), writing(path):      # torch's generators untouched
-            aug = create_augmenter(self.cfg.aug, dev, seed=seed, mean=self.mean, std=self.std)
+        with writing(path):
+            aug = create_augmenter(self.cfg.aug, self.info.device, seed=seed, mean=self.mean, std=self.std)
             n = min(8, len(self.train_data))
             write_grid(path, {f"{self.cfg.aug.backend} (this run, seed {seed})": aug},
                        self.train_data.images[:n], self.train_data.labels[:n], mean=self.mean,

@@ -18,6 +18,7 @@ What each key describes:
 
 from __future__ import annotations
 
+import math
 import statistics
 from typing import TYPE_CHECKING
 
@@ -34,6 +35,15 @@ SUMMARY_KEYS = ("test_acc", "test_loss", "test_acc_tta", "test_loss_tta", "tta_v
                 "git_revision", "torch")
 
 
+def median_images_per_sec(records: list[dict]) -> float | None:
+    """``images_per_sec`` of a run: the median over its epochs (rows of ``metrics.jsonl``), None
+    when none recorded one.  Only finite numbers count: ``compare_runs`` reads folders it did not
+    write this moment and must not fail on a damaged row."""
+    rates = [v for r in records if isinstance(v := r.get("images_per_sec"), (int, float))
+             and not isinstance(v, bool) and math.isfinite(v)]
+    return statistics.median(rates) if rates else None
+
+
 def build_summary(*, final: EvalResult, final_weights: str, model: EvalResult | None, tta: EvalResult | None,
                   tta_views: int | None, best_acc: float | None, best_epoch: int | None, records: list[dict],
                   device: str, world_size: int, precision: str, epochs: int, wall_time_s: float | None) -> dict:
@@ -44,7 +54,6 @@ def build_summary(*, final: EvalResult, final_weights: str, model: EvalResult | 
     the TTA figures of the reported weights (``tta_views`` views) or None; ``best_acc`` below 0 or
     ``best_epoch`` 0 (no evaluation yet) become null; ``records``: the rows of ``metrics.jsonl``.
     """
-    rates = [r["images_per_sec"] for r in records if r.get("images_per_sec") is not None]
     best = best_epoch is not None and best_epoch > 0 and best_acc is not None and best_acc >= 0
     summary = {
         "test_acc": final.acc, "test_loss": final.loss,
@@ -56,7 +65,7 @@ def build_summary(*, final: EvalResult, final_weights: str, model: EvalResult | 
         "test_acc_model": model.acc if model is not None else None,
         "test_loss_model": model.loss if model is not None else None,
         "per_class_acc": final.per_class(),
-        "images_per_sec": statistics.median(rates) if rates else None,
+        "images_per_sec": median_images_per_sec(records),
         "device": device, "world_size": world_size, "precision": precision, "epochs": epochs,
         "wall_time_s": wall_time_s, "git_revision": git_revision(), "torch": torch.__version__,
     }
