@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fastfm.augment.config import BACKENDS  # noqa: E402
+from fastfm.config import BACKENDS  # noqa: E402
 from fastfm.cli import run_script  # noqa: E402
 
 

@@ -472,10 +472,10 @@ def test_cutmix_boxes_follow_the_standard_formula(alpha):
 
 
 def test_config_import_needs_no_torch():
-    """Reading a configuration must not import torch: ``fastfm.augment.config`` (and the package
+    """Reading a configuration must not import torch: ``fastfm.config`` (and the augment package
     itself, with its factory) import with torch made unimportable."""
     code = ("import sys; sys.modules['torch'] = None\n"
-            "import fastfm.augment.config\n"
+            "import fastfm.config\n"
             "import fastfm.augment as a\n"
             "assert callable(a.create_augmenter) and a.AugConfig().backend == 'native'\n"
             "assert 'torch' not in {m.split('.')[0] for m in sys.modules if sys.modules[m]}\n")

@@ -15,7 +15,7 @@ from fastfm.augment import AugConfig, create_augmenter
 from fastfm.augment.autoaugment import BatchAutoAugment
 from fastfm.augment.base import Augmenter, normalise, resize_bilinear
 from fastfm.augment.erasing import draw_erasing_boxes, erase
-from fastfm.augment.native import NativeAugmenter
+from fastfm.augment.native_backend import NativeAugmenter
 
 MEAN, STD = 0.2860, 0.3530
 

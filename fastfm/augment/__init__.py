@@ -1,7 +1,7 @@
 """On-device batch augmentation behind one contract (see :mod:`fastfm.augment.base`).
 
 Backends are chosen by name; optional dependencies (Kornia, DALI) are imported only when their
-backend is chosen.  Importing this package (or :mod:`fastfm.augment.config`) does not import torch:
+backend is chosen.  Importing this package (or :mod:`fastfm.config`) does not import torch:
 a configuration can be read without it.  ``Augmenter`` is loaded on first access, and
 :func:`create_augmenter` imports the chosen backend (and with it torch) when called.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from .config import BACKENDS, AugConfig
+from ..config import BACKENDS, AugConfig
 
 if TYPE_CHECKING:
     import torch
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 # name -> (module, class, pip requirement shown when the import fails)
 _BACKENDS = {
-    "native": ("fastfm.augment.native", "NativeAugmenter", None),
+    "native": ("fastfm.augment.native_backend", "NativeAugmenter", None),
     "kornia": ("fastfm.augment.kornia_backend", "KorniaAugmenter", "kornia"),
     "dali": ("fastfm.augment.dali_backend", "DaliAugmenter", "fastfm[dali] (nvidia-dali-cuda130)"),
 }

@@ -30,7 +30,7 @@ import contextlib
 
 import torch
 
-from .config import AugConfig
+from ..config import AugConfig
 from .mix import mix_batch
 
 
@@ -81,7 +81,7 @@ class Augmenter(abc.ABC):
 
     @abc.abstractmethod
     def _augment(self, images: torch.Tensor) -> torch.Tensor:
-        """The backend's own ops, in the order of :mod:`fastfm.augment.config` from resize up to and
+        """The backend's own ops, in the order of :class:`fastfm.config.AugConfig` from resize up to and
         including erasing: checked uint8 (B, 1, H, W) -> normalised float32 (B, 1, S, S) on
         :attr:`device` (any memory format).  Ops switched off in the config are skipped."""
 

@@ -3,10 +3,10 @@ part compiled with ``torch.compile(fullgraph=True)``, the random draws still eag
 
 Why two phases.  An explicit ``torch.Generator`` cannot live inside a compiled graph, and a graph
 that draws its own numbers (Philox inside inductor) would give a stream that no eager call, no
-checkpoint and no other device reproduces.  :meth:`~fastfm.augment.native.NativeAugmenter.graph_call`
+checkpoint and no other device reproduces.  :meth:`~fastfm.augment.native_backend.NativeAugmenter.graph_call`
 therefore makes every random draw eagerly, from the augmenter's one generator and in the eager
 call's order (a handful of small ``rand``/``randint`` calls on (B,)-sized tensors), then runs
-:meth:`~fastfm.augment.native.NativeAugmenter.apply` -- a pure function of (pixels, labels, draws)
+:meth:`~fastfm.augment.native_backend.NativeAugmenter.apply` -- a pure function of (pixels, labels, draws)
 on the masked AutoAugment dispatch (no host reads) -- compiled.  Hence, against the eager call:
 
 * the same draws, in the same order, from the same generator: crops, flips, sub-policies, apply

@@ -115,7 +115,7 @@ from nvidia.dali.auto_aug.core import Policy, augmentation
 from nvidia.dali.plugin.pytorch import feed_ndarray
 
 from .base import Augmenter, derive_seed
-from .config import AugConfig
+from ..config import AugConfig
 from .erasing import draw_erasing_boxes, erase
 
 # fn.filter / fn.equalize left fn.experimental in recent DALI; keep older releases working

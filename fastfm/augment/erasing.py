@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from .config import AugConfig
+from ..config import AugConfig
 
 ERASING_ATTEMPTS = 10  # torchvision RandomErasing.get_params tries 10 boxes before giving up
 

@@ -80,7 +80,7 @@ from kornia.augmentation.auto import AutoAugment
 from kornia.augmentation.auto.operations import Saturate
 
 from .base import Augmenter, derive_seed, normalise, resize_bilinear
-from .config import AugConfig
+from ..config import AugConfig
 from .erasing import draw_erasing_boxes
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .config import AugConfig
+from ..config import AugConfig
 from .erasing import box_mask
 
 _GAMMA_TRIES = 12  # Marsaglia-Tsang proposals per sample; P(all rejected) < 1e-15 for shape >= 1

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import torch
 
-from ..config import ConfigError
+from ..config import AugConfig, ConfigError
 from ..distributed import parse_device
 from ..files import atomic_writer, check_writable
 from . import BackendUnavailable, create_augmenter
-from .config import AugConfig
 
 
 def _to_grid(x: torch.Tensor, mean: float, std: float, nrow: int) -> torch.Tensor:

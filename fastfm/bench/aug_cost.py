@@ -1,6 +1,6 @@
 """What each augmentation op costs, per backend: the engine behind ``benchmarks/aug_cost.py``.
 
-Ops are timed as a cumulative ladder in the documented order (:mod:`fastfm.augment.config`):
+Ops are timed as a cumulative ladder in the documented order (:class:`fastfm.config.AugConfig`):
 ``base`` (every op off: normalisation and output format only), then ``+resize``, ``+crop``,
 ``+flip``, ``+autoaugment``, ``+erasing``, ``+cutmix``, ``+mixup``; an op that is off in the full
 configuration gets no rung, and the last rung is the full configuration.  An op's cost is the
@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 
 from ..augment import create_augmenter
-from ..augment.config import AugConfig
+from ..config import AugConfig
 from ..distributed import resolve_device
 from . import baseline
 from .inputs import benchmark_images

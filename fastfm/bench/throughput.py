@@ -44,8 +44,7 @@ from pathlib import Path
 
 import torch
 
-from ..augment.config import BACKENDS
-from ..config import Config
+from ..config import BACKENDS, Config
 from ..data.resident import ResidentData
 from ..distributed import resolve_device
 from ..engine.step import HotPath

@@ -1,4 +1,4 @@
-"""The native backend: the whole :class:`~fastfm.augment.config.AugConfig` recipe in plain PyTorch
+"""The native backend: the whole :class:`~fastfm.config.AugConfig` recipe in plain PyTorch
 tensor ops on the batch's device (no extra dependency).
 
 Every op is vectorised over the batch with per-sample random parameters and written so that nothing
@@ -18,7 +18,7 @@ import torch
 
 from .autoaugment import BatchAutoAugment
 from .base import Augmenter, finish, normalise, one_hot, resize_bilinear
-from .config import AugConfig
+from ..config import AugConfig
 from .erasing import draw_erasing_boxes, erase
 from .mix import apply_mix, draw_mix
 
@@ -27,7 +27,7 @@ class NativeAugmenter(Augmenter):
     """Pure-PyTorch backend (name ``"native"``); see :mod:`fastfm.augment.base` for the contract.
 
     ``aug(images uint8 (B, 1, 28, 28), labels int64 (B,)) -> (x float32 (B, C, S, S), y float32 (B, K))``
-    following the op order documented in :mod:`fastfm.augment.config`.  AutoAugment is
+    following the op order documented in :class:`fastfm.config.AugConfig`.  AutoAugment is
     :class:`~fastfm.augment.autoaugment.BatchAutoAugment` (one sub-policy per sample; its module
     docstring explains the vectorisation and its cost: about five full-batch passes per op slot).
     All randomness, CutMix/MixUp included, comes from one ``torch.Generator`` on ``device`` seeded
