@@ -60,3 +60,36 @@ def one_intra_op_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, data_root) -> Path:
+    """One finished run folder, trained once per session by ``scripts/train.py`` as a user types it
+    (``helpers.tiny_args``: 2 epochs of 4 steps, flip TTA, TensorBoard), for the tests that only read
+    a finished run.  It started from a ``--model.pretrained`` file deleted afterwards: whatever reads
+    the run must need its folder alone.  What the command printed is in ``output.txt`` beside it.
+
+    Read it, or copy it and change the copy: a test that changes it is an error at the session's end
+    (the tests after it would have read another run)."""
+    from helpers import tiny_args, train
+
+    from fastfm.config import Config
+    from fastfm.models import create_model
+
+    out = tmp_path_factory.mktemp("tiny_run")
+    start = out / "start.pt"
+    torch.save(create_model(Config.load("cpu")).state_dict(), start)
+    r = train(tiny_args(data_root, out, "tiny", "--model.pretrained", start), timeout=300)
+    assert r.returncode == 0, r.stderr
+    (out / "output.txt").write_text(r.stdout + r.stderr)
+    start.unlink()
+    run = out / "tiny"
+    before = _stamp(run)
+    yield run
+    assert _stamp(run) == before, f"a test changed the shared run {run}"
+
+
+def _stamp(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file's size and modification time (but the lock file's)."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"}

@@ -46,7 +46,8 @@ def _require(name: str) -> None:
         raise
 
 
-@pytest.fixture(params=BACKENDS)
+# Kornia and DALI run the contract in the full suite only (their own files keep a quick check each).
+@pytest.fixture(params=[b if b == "native" else pytest.param(b, marks=pytest.mark.slow) for b in BACKENDS])
 def make(request):
     """``make(cfg_or_None, seed=0, **overrides)`` -> augmenter of this backend on the CPU."""
     name = request.param
@@ -410,6 +411,7 @@ def _se_close(ours: np.ndarray, ref: np.ndarray, sigmas: float = 4.0) -> tuple[b
 
 @pytest.mark.parametrize("case", [dict(size=(32, 32), scale=(0.02, 0.33)),
                                   dict(size=(28, 20), scale=(0.3, 0.9))])
+@pytest.mark.slow
 def test_erasing_draw_matches_torchvision(case):
     """The shared box draw against torchvision's own ``RandomErasing.get_params`` (one call per
     sample, p = 1): the rate of boxes found, and the means of height, width, area and top-left

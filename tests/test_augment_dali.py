@@ -98,6 +98,7 @@ EXACT = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Color", "Pos
 WITHIN_ONE = ("Brightness", "Contrast", "Sharpness", "AutoContrast")   # DALI rounds, torchvision truncates
 
 
+@pytest.mark.slow
 def test_ops_match_torchvision(real_images):
     """Every op of the policy, at magnitude bins 4 and 9 and both signs, against torchvision on real
     images resized to 32 px: geometric and LUT ops exact, blends within one grey level; Equalize is
@@ -159,6 +160,7 @@ def test_ops_match_torchvision(real_images):
 NO_AA = dict(autoaugment="none")
 
 
+@pytest.mark.slow
 def test_partial_batches_reuse_the_pipeline_larger_ones_rebuild(real_images):
     images, labels = real_images
     aug = make(**NO_AA)
@@ -171,6 +173,7 @@ def test_partial_batches_reuse_the_pipeline_larger_ones_rebuild(real_images):
 
 
 @pytest.mark.parametrize("sizes", [(256, 100, 100, 256), (100, 256, 256, 100), (256,)])
+@pytest.mark.slow
 def test_resume_across_batch_sizes(real_images, sizes):
     """State saved after the first batch; the rest of the stream (partial batches, a batch larger
     than the pipeline was built for) is identical after a restore into a fresh augmenter."""
@@ -188,6 +191,7 @@ def test_resume_across_batch_sizes(real_images, sizes):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
 
 
+@pytest.mark.slow
 def test_resume_before_the_first_batch(real_images):
     images, labels = real_images[0][:128], real_images[1][:128]
     a = make(seed=2, **NO_AA)
@@ -212,6 +216,7 @@ def test_flip_extremes_are_exact(real_images):
     torch.testing.assert_close(x1, ref.flip(-1), atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_erasing_after_crop(real_images):
     """Erasing on the 32 px crops: rate, one rectangle inside the image, torchvision's size bounds."""
     images, labels = real_images
@@ -229,6 +234,7 @@ def test_erasing_after_crop(real_images):
     assert ((h + 0.5) / (w - 0.5) >= 0.3).all() and ((h - 0.5) / (w + 0.5) <= 3.3).all()
 
 
+@pytest.mark.slow
 def test_erasing_is_the_shared_draw(real_images):
     """Erasing runs in torch after the pipeline: the boxes are the shared draw from the per-batch
     generator seeded from (seed, batch index), on the pipeline's (normalised) output."""
@@ -245,6 +251,7 @@ def test_erasing_is_the_shared_draw(real_images):
         assert torch.equal(x == 5.0, want == 5.0)
 
 
+@pytest.mark.slow
 def test_full_recipe_output(real_images):
     """Default recipe, 3 channels: contract shapes/format and every op present in the graph."""
     images, labels = real_images[0][:256], real_images[1][:256]

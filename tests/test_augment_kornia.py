@@ -58,6 +58,7 @@ def test_per_sample_grouping_and_scatter():
     assert sum(n for _, n, _ in seen) == 300
 
 
+@pytest.mark.slow
 def test_color_sub_policies_run_on_one_channel():
     """Kornia's saturation needs RGB: those sub-policies get the grey channel repeated."""
     aa = PerSampleAutoAugment("cifar10")
@@ -85,6 +86,7 @@ def test_sub_policies_differ_within_one_batch(real_images):
     assert max(n for _, n in groups) < 60
 
 
+@pytest.mark.slow
 def test_global_rng_untouched(real_images):
     """Calling the backend does not change torch's global RNG from the caller's point of view."""
     images, labels = real_images[0][:128], real_images[1][:128]
@@ -98,6 +100,7 @@ def test_global_rng_untouched(real_images):
     assert torch.equal(torch.rand(5), expected)
 
 
+@pytest.mark.slow
 def test_stream_independent_of_caller_seed(real_images):
     """The backend's stream depends on its own seed only, not on the caller's global seeding."""
     images, labels = real_images[0][:128], real_images[1][:128]

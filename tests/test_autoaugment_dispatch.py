@@ -112,6 +112,7 @@ def _edge_images(h: int, w: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("size", [(32, 32), (24, 32), (5, 3), (2, 2)])
+@pytest.mark.slow
 def test_masked_one_channel_path_edge_cases(size):
     """The 1-channel masked path (per-size lookup tables, one pixel gather per stage) against the
     grouped dispatch (the per-op kernels) on edge-case images, every (op, bin, sign), odd sizes, and

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO, run_script
 
 import fastfm.runinfo
 from fastfm.augment import AugConfig
@@ -41,7 +42,6 @@ from fastfm.bench.throughput import resolve_settings, throughput_report
 from fastfm.bench.trace import write_trace
 from fastfm.data.resident import ResidentData
 
-REPO = Path(__file__).resolve().parents[1]
 DATA = os.environ.get("FASTFM_DATA", str(REPO / "data"))
 TINY = dict(device="cpu", model="wrn-10-1", batch_size=8, baseline_batch=8, workers=1, warmup=1,
             iters=1, repeats=1, data_root=DATA)
@@ -90,6 +90,7 @@ def _rows(report, mode):
 # ----------------------------------------------------------------------------- throughput
 
 
+@pytest.mark.slow
 def test_every_row_is_present_and_sane(report):
     assert set(_rows(report, "aug")) == {"native", "kornia", "dali", "baseline"}
     assert set(_rows(report, "full")) == {"native", "kornia", "dali"}
@@ -118,6 +119,7 @@ def test_every_row_is_present_and_sane(report):
         assert r.step_ms == step.ms_per_batch
 
 
+@pytest.mark.slow
 def test_baseline_is_named_baseline_everywhere(report):
     """One name for the original pipeline: ``seed`` may only ever be a random seed (``train.seed``)."""
     data = report_json(report)
@@ -127,6 +129,7 @@ def test_baseline_is_named_baseline_everywhere(report):
     assert "seed" not in rows_text and "seed" not in report["markdown"].lower()
 
 
+@pytest.mark.slow
 def test_gtx1060_row_is_flagged_as_computed(report):
     (gtx,) = _rows(report, "reference").values()
     assert gtx.computed is True
@@ -138,6 +141,7 @@ def test_gtx1060_row_is_flagged_as_computed(report):
     assert "computed ceiling" in report["markdown"] and "not a measurement" in report["markdown"]
 
 
+@pytest.mark.slow
 def test_json_holds_settings_and_one_row_format(report, tmp_path):
     path = tmp_path / "t.json"
     write_report_json(report, path)
@@ -154,6 +158,7 @@ def test_json_holds_settings_and_one_row_format(report, tmp_path):
         assert set(r) == ROW_KEYS
 
 
+@pytest.mark.slow
 def test_markdown_table_has_every_row(report):
     md = report["markdown"]
     assert "| mode | pipeline |" in md
@@ -162,6 +167,7 @@ def test_markdown_table_has_every_row(report):
     assert "aug share" in md and "step-only" in md
 
 
+@pytest.mark.slow
 def test_trace_has_named_ranges_from_the_training_path(report):
     trace = report["trace"]
     assert trace["backend"] == "native" and trace["steps"] == 2
@@ -179,6 +185,7 @@ def _tiny_hot_path(**train):
     return build_single(native_config(s.cfg, train=train), s.device, data, 0.286, 0.353)
 
 
+@pytest.mark.slow
 def test_full_rows_run_the_engines_hot_path_unpatched(tmp_path):
     """The timed function is the engine's own ``HotPath.iteration`` (its device-side statistics
     count every call); another backend's row shares the model and optimizer through a new object;
@@ -198,6 +205,7 @@ def test_full_rows_run_the_engines_hot_path_unpatched(tmp_path):
     assert hot.augmenter.op_ranges is False and "op_ranges" not in vars(hot.augmenter)
 
 
+@pytest.mark.slow
 def test_missing_and_failing_backends_are_reported_in_their_rows(monkeypatch):
     """A missing dependency and a backend that raises each mark their own rows; the rest is measured."""
     _hide(monkeypatch, "dali")
@@ -248,14 +256,14 @@ def test_bad_options_give_an_error_line(capsys, argv, message):
     assert rc == 2 and "error:" in err and message in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_cli_writes_json_and_plot(tmp_path):
     """The script as a user runs it (a fresh process): table on stdout, JSON and PNG written."""
-    out = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "throughput.py"), "--device", "cpu", "--model", "wrn-10-1",
-         "--mode", "step", "baseline", "--batch-size", "4", "--baseline-batch", "4", "--workers", "0",
-         "--warmup", "0", "--iters", "1", "--repeats", "1", "--data", DATA,
-         "--json", str(tmp_path / "t.json"), "--plot", str(tmp_path / "t.png")],
-        capture_output=True, text=True, timeout=120)
+    out = run_script(
+        REPO / "benchmarks" / "throughput.py", "--device", "cpu", "--model", "wrn-10-1",
+        "--mode", "step", "baseline", "--batch-size", "4", "--baseline-batch", "4", "--workers", "0",
+        "--warmup", "0", "--iters", "1", "--repeats", "1", "--data", DATA,
+        "--json", tmp_path / "t.json", "--plot", tmp_path / "t.png", timeout=120)
     assert out.returncode == 0, out.stderr
     assert "| step | synthetic input |" in out.stdout and "| baseline | baseline |" in out.stdout
     assert "GTX 1060" in out.stdout
@@ -372,10 +380,9 @@ def test_gpu_check_script_parses_and_dry_runs(tmp_path):
 
 # ----------------------------------------------------------------------------- fault isolation
 
-# Runs a benchmark script with the kornia augmenter broken, patched before the script starts (so the
-# script itself is run unmodified, as on the GPU machine): argv[1] is the script, the rest its options.
+# The kornia augmenter broken, patched before a benchmark script starts (so the script itself is run
+# unmodified, as on the GPU machine).
 BREAK_KORNIA = """
-import runpy, sys
 import fastfm.bench.aug_cost as aug_cost, fastfm.bench.hot_path as hot_path
 real = hot_path.create_augmenter
 def create(cfg, *args, **kwargs):
@@ -383,21 +390,20 @@ def create(cfg, *args, **kwargs):
         raise RuntimeError("kornia broke on purpose")
     return real(cfg, *args, **kwargs)
 hot_path.create_augmenter = aug_cost.create_augmenter = create
-sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
+@pytest.mark.slow
 def test_a_broken_backend_fails_only_its_rows_and_every_other_figure_is_written(tmp_path):
     """The script, with one backend raising: every other row is in the JSON and the markdown, the
     trace is written, the exit status is 1 and the failed rows are named on stderr."""
-    out = subprocess.run(
-        [sys.executable, "-c", BREAK_KORNIA, str(REPO / "benchmarks" / "throughput.py"), "--device", "cpu",
-         "--model", "wrn-10-1", "--batch-size", "8", "--baseline-batch", "8", "--workers", "1", "--warmup", "1",
-         "--iters", "1", "--repeats", "1", "--mode", "aug", "step", "full", "--backends", "native", "kornia",
-         "--data", DATA, "--json", str(tmp_path / "t.json"), "--markdown", str(tmp_path / "t.md"),
-         "--trace", str(tmp_path / "trace"), "--trace-steps", "1"],
-        capture_output=True, text=True, timeout=300, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    out = run_script(
+        REPO / "benchmarks" / "throughput.py", "--device", "cpu",
+        "--model", "wrn-10-1", "--batch-size", "8", "--baseline-batch", "8", "--workers", "1", "--warmup", "1",
+        "--iters", "1", "--repeats", "1", "--mode", "aug", "step", "full", "--backends", "native", "kornia",
+        "--data", DATA, "--json", tmp_path / "t.json", "--markdown", tmp_path / "t.md",
+        "--trace", tmp_path / "trace", "--trace-steps", "1",
+        prelude=BREAK_KORNIA, env={"PYTHONPATH": str(REPO)})
     assert out.returncode == 1, out.stderr[-3000:]
     assert "failed: aug/kornia, full/kornia" in out.stderr and "broke on purpose" in out.stderr
     data = json.loads((tmp_path / "t.json").read_text())
@@ -411,6 +417,7 @@ def test_a_broken_backend_fails_only_its_rows_and_every_other_figure_is_written(
     assert out.stdout.count("\nrow ") + out.stdout.startswith("row ") == len(data["rows"])  # one line per row
 
 
+@pytest.mark.slow
 def test_json_is_rewritten_after_every_row_and_a_failed_trace_is_its_own_failure(monkeypatch):
     """``on_update`` sees the report grow one row (or one backend's rows) at a time; a trace that
     raises is reported as failed, after every row was measured."""
@@ -462,6 +469,7 @@ def test_no_spec_peak_for_unknown_devices_or_math_modes():
     assert spec_peak("Tesla V100-SXM2-16GB", "fp32", True) is None      # no TF32 either
 
 
+@pytest.mark.slow
 def test_cpu_rows_give_both_fractions_against_the_measured_ceiling(report):
     for r in report["rows"]:
         if r.mode in ("step", "full", "baseline"):
@@ -472,6 +480,7 @@ def test_cpu_rows_give_both_fractions_against_the_measured_ceiling(report):
 # ----------------------------------------------------------------------------- the matrix
 
 
+@pytest.mark.slow
 def test_matrix_rows_carry_variant_and_operator_calls_eager_and_compiled():
     """The matrix on the CPU (eager and compiled, one small batch): a step and a full row per cell,
     each naming what ran, with positive ATen operator counts for the augmenter and the step."""
@@ -496,17 +505,18 @@ def test_matrix_never_names_cuda_graphs_on_the_cpu():
     assert matrix_variant("reduce-overhead", 512, torch.device("cuda")) == "compiled + CUDA graphs, batch 512"
 
 
+@pytest.mark.slow
 def test_matrix_budget_skips_the_cells_left_and_the_trace_still_runs(tmp_path):
     """``benchmarks/throughput.py --matrix --matrix-budget-s 0`` as the GPU check would cap it:
     every matrix cell is a ``skipped`` row naming the option (two per cell, with its variant), the
     other rows are measured, the trace after the matrix is written, and skipped is not failed."""
     out = tmp_path / "t.json"
-    r = subprocess.run([sys.executable, "benchmarks/throughput.py", "--device", "cpu", "--model", "wrn-10-1",
-                        "--batch-size", "8", "--baseline-batch", "8", "--workers", "1", "--warmup", "1",
-                        "--iters", "1", "--repeats", "1", "--mode", "step", "--backends", "native",
-                        "--data", DATA, "--matrix", "--matrix-batches", "8", "--matrix-modes", "none", "default",
-                        "--matrix-budget-s", "0", "--trace", str(tmp_path / "trace"), "--trace-steps", "1",
-                        "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    r = run_script("benchmarks/throughput.py", "--device", "cpu", "--model", "wrn-10-1",
+                   "--batch-size", "8", "--baseline-batch", "8", "--workers", "1", "--warmup", "1",
+                   "--iters", "1", "--repeats", "1", "--mode", "step", "--backends", "native",
+                   "--data", DATA, "--matrix", "--matrix-batches", "8", "--matrix-modes", "none", "default",
+                   "--matrix-budget-s", "0", "--trace", tmp_path / "trace", "--trace-steps", "1",
+                   "--json", out)
     assert r.returncode == 0, r.stderr[-2000:]
     report = json.loads(out.read_text())
     cells = [x for x in report["rows"] if x["variant"]]

@@ -2,46 +2,22 @@
 and write nothing: scripts/evaluate.py, scripts/train.py's ``--model.pretrained``, and the benchmarks.
 
 Every case runs the script in a fresh process, exactly as a user types it.  The checkpoint comes from
-one tiny run (trained once for the module) that started from a ``--model.pretrained`` file which is
-deleted afterwards: evaluation must need the checkpoint alone.
+the session's shared tiny run, which started from a ``--model.pretrained`` file deleted afterwards:
+evaluation must need the checkpoint alone.
 """
 
 from __future__ import annotations
 
 import json
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from test_train import tiny_config
+from helpers import assert_error, launch, run_script, tiny_args, train, wait_for
 
 from fastfm.config import Config
-from fastfm.engine.run import train
 from fastfm.models import create_model
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def run(script: str, *args, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, script, *map(str, args)], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def assert_error(r: subprocess.CompletedProcess, *named: str, only_line: bool = True) -> str:
-    """Exit status 2 and one ``error: ...`` line naming everything in ``named``; no traceback.
-    ``only_line``: that line is all of stderr."""
-    assert r.returncode == 2, (r.returncode, r.stderr)
-    assert "Traceback" not in r.stderr, r.stderr
-    errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, r.stderr
-    if only_line:
-        assert r.stderr.strip() == errors[0], r.stderr
-    for name in named:
-        assert str(name) in errors[0], (name, errors[0])
-    return errors[0]
 
 
 class Foo:
@@ -49,15 +25,9 @@ class Foo:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, data_root) -> Path:
-    """best.pt of a one-epoch WRN-10-1 run started from a pretrained file that no longer exists."""
-    tmp = tmp_path_factory.mktemp("cli_errors")
-    start = tmp / "start.pt"
-    torch.save(create_model(tiny_config(tmp, data_root)).state_dict(), start)
-    train(tiny_config(tmp, data_root, train={"epochs": 1}, model={"pretrained": str(start)},
-                    data={"train_limit": 256, "test_limit": 200}))
-    start.unlink()
-    return tmp / "tiny" / "best.pt"
+def trained(tiny_run) -> Path:
+    """best.pt of the shared WRN-10-1 run, started from a pretrained file that no longer exists."""
+    return tiny_run / "best.pt"
 
 
 def edited(src: Path, dst: Path, edit) -> Path:
@@ -81,18 +51,19 @@ def test_evaluate_needs_only_the_checkpoint(trained, tmp_path):
     gone = Path(state["config"]["model"]["pretrained"])
     assert gone.name == "start.pt" and not gone.exists()
     out = tmp_path / "res.json"
-    r = run("scripts/evaluate.py", "--ckpt", trained, "--batch-size", 64, "--json", out)
+    r = run_script("scripts/evaluate.py", "--ckpt", trained, "--batch-size", 64, "--json", out)
     assert r.returncode == 0, r.stderr
     assert "accuracy" in r.stdout and json.loads(out.read_text())["test_acc"] > 0
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_nonfinite_weights(trained, tmp_path):
     def poison(state):
         used_weights(state)["fc.weight"][0, 0] = float("nan")
 
     bad = edited(trained, tmp_path / "nan.pt", poison)
     out = tmp_path / "res.json"
-    r = run("scripts/evaluate.py", "--ckpt", bad, "--json", out)
+    r = run_script("scripts/evaluate.py", "--ckpt", bad, "--json", out)
     assert_error(r, bad, "NaN or inf", "fc.weight")
     assert "accuracy" not in r.stdout and not out.exists()
 
@@ -106,10 +77,11 @@ def test_evaluate_refuses_nonfinite_weights(trained, tmp_path):
     ("bad_config", lambda s: s["config"]["model"].__setitem__("depth", 11), "model.depth"),
     ("no_config", lambda s: s.pop("config"), "not a fastfm checkpoint"),
 ])
+@pytest.mark.slow
 def test_evaluate_refuses_a_foreign_or_incomplete_checkpoint(trained, tmp_path, name, edit, message):
     bad = edited(trained, tmp_path / f"{name}.pt", edit)
     out = tmp_path / "res.json"
-    r = run("scripts/evaluate.py", "--ckpt", bad, "--json", out)
+    r = run_script("scripts/evaluate.py", "--ckpt", bad, "--json", out)
     assert_error(r, bad, message)
     assert r.stdout == "" and not out.exists()
 
@@ -119,24 +91,27 @@ def test_evaluate_refuses_a_foreign_or_incomplete_checkpoint(trained, tmp_path, 
     (["--batch-size", "-5"], "--batch-size"),
     (["--device", "tpu"], "--device"),
 ])
+@pytest.mark.slow
 def test_evaluate_bad_option_is_named(trained, tmp_path, args, option):
     out = tmp_path / "res.json"
-    r = run("scripts/evaluate.py", "--ckpt", trained, *args, "--json", out)
+    r = run_script("scripts/evaluate.py", "--ckpt", trained, *args, "--json", out)
     assert_error(r, option)
     assert r.stdout == "" and not out.exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present")
+@pytest.mark.slow
 def test_evaluate_cuda_without_cuda(trained):
-    assert_error(run("scripts/evaluate.py", "--ckpt", trained, "--device", "cuda"), "--device", "CUDA")
+    assert_error(run_script("scripts/evaluate.py", "--ckpt", trained, "--device", "cuda"), "--device", "CUDA")
 
 
 @pytest.mark.parametrize("where", ["missing_folder", "under_a_file", "a_folder"])
+@pytest.mark.slow
 def test_evaluate_unwritable_json_fails_before_anything_is_read(trained, tmp_path, where):
     """--data-root points nowhere: the --json error (not the data error) proves the order."""
     path = {"missing_folder": tmp_path / "nope" / "res.json", "under_a_file": trained / "res.json",
             "a_folder": tmp_path}[where]
-    r = run("scripts/evaluate.py", "--ckpt", trained, "--data-root", tmp_path / "no_data", "--json", path)
+    r = run_script("scripts/evaluate.py", "--ckpt", trained, "--data-root", tmp_path / "no_data", "--json", path)
     assert_error(r, "--json", path)
     assert r.stdout == "" and not (tmp_path / "nope").exists()
 
@@ -161,12 +136,11 @@ def _bad_pretrained(tmp_path: Path, kind: str) -> Path:
     ("torch_saved_list", "holds a list"),
     ("other_architecture", "does not fit wrn-10-1"),
 ])
+@pytest.mark.slow
 def test_train_refuses_bad_pretrained_file(tmp_path, data_root, kind, message):
     bad = _bad_pretrained(tmp_path, kind)
     out = tmp_path / "runs"
-    r = run("scripts/train.py", "--config", "configs/cpu.yaml", "--model.pretrained", bad,
-            "--data.root", data_root, "--data.train_limit", 256, "--data.test_limit", 100, "--epochs", 1,
-            "--out_dir", out, "--name", "x", "--train.progress", "false")
+    r = train(tiny_args(data_root, out, "x", "--model.pretrained", bad, epochs=1))
     assert_error(r, "model.pretrained", bad, message, only_line=False)
     assert not (out / "x").exists()
 
@@ -180,12 +154,13 @@ def test_train_refuses_bad_pretrained_file(tmp_path, data_root, kind, message):
     ("benchmarks/throughput.py", "--plot"),
     ("benchmarks/throughput.py", "--trace"),
 ])
+@pytest.mark.slow
 def test_benchmark_unwritable_output_fails_before_measuring(tmp_path, script, option):
     """Default settings (minutes of measuring on a CPU): an empty stdout within the timeout shows
     that nothing was measured (the table is printed before any file is written)."""
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    r = run(script, "--device", "cpu", option, blocker / "sub" / "out", timeout=60)
+    r = run_script(script, "--device", "cpu", option, blocker / "sub" / "out", timeout=60)
     assert_error(r, option, blocker)
     assert r.stdout == "" and blocker.read_text() == ""
 
@@ -201,21 +176,21 @@ def test_benchmark_unwritable_output_fails_before_measuring(tmp_path, script, op
     ("benchmarks/throughput.py", ["--device", "tpu"], "--device"),
     ("benchmarks/throughput.py", ["--matrix", "--matrix-budget-s", "-1"], "--matrix-budget-s"),
 ])
+@pytest.mark.slow
 def test_benchmark_bad_count_or_device_is_named(tmp_path, script, args, option):
     out = tmp_path / "out.json"
-    r = run(script, "--device", "cpu", *args, "--json", out, timeout=60)
+    r = run_script(script, "--device", "cpu", *args, "--json", out, timeout=60)
     assert_error(r, option)
     assert r.stdout == "" and not out.exists()
 
 
 @pytest.mark.parametrize("script", ["benchmarks/aug_cost.py", "benchmarks/throughput.py"])
+@pytest.mark.slow
 def test_ctrl_c_in_a_benchmark_is_one_line_and_keeps_the_finished_rows(tmp_path, script):
     """Ctrl-C (SIGINT) while a benchmark measures: exit 130 with one line and no traceback; the JSON,
     rewritten after every row, holds the rows finished before."""
     import signal
     import time
-
-    from procs import wait_for
 
     out = tmp_path / "rows.json"
     args = ["--device", "cpu", "--repeats", "1", "--json", str(out)]
@@ -224,8 +199,7 @@ def test_ctrl_c_in_a_benchmark_is_one_line_and_keeps_the_finished_rows(tmp_path,
                  "--warmup", "1", "--iters", "1"]
     else:
         args += ["--batch-size", "256", "--iters", "2"]
-    proc = subprocess.Popen([sys.executable, script, *args], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = launch(script, *args)
     try:
         wait_for(proc, "row ", timeout=120)
         deadline = time.monotonic() + 60            # the files follow the row lines of one update

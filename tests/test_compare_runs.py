@@ -1,9 +1,9 @@
 """scripts/compare_runs.py, run exactly as a user types it, on two real tiny runs.
 
-The runs are trained once for the module by scripts/train.py in subprocesses: ``a`` keeps no EMA and
-reports TTA, ``b`` keeps an EMA and no TTA (so its TTA cell is "-").  Every check reads the figures
-the runs wrote themselves (summary.json, metrics.jsonl), so the table is compared with the truth, not
-with a copy of the script's logic.
+The runs come from scripts/train.py in subprocesses: ``a`` (the session's shared ``tiny_run``) keeps
+no EMA and reports TTA; ``b``, trained once for the module, keeps an EMA and no TTA (so its TTA cell
+is "-").  Every check reads the figures the runs wrote themselves (summary.json, metrics.jsonl), so
+the table is compared with the truth, not with a copy of the script's logic.
 """
 
 from __future__ import annotations
@@ -11,35 +11,18 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import REPO, assert_error, run_script, tiny_args, train
 
 from fastfm.engine.compare import format_pct
 
-REPO = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# WRN-10-1 (configs/cpu.yaml) on 512 images, 4 steps of 128 per epoch: a few seconds per run.
-TINY = ["--config", "configs/cpu.yaml", "--data.train_limit", "512", "--data.test_limit", "256",
-        "--train.batch_size", "128", "--train.deterministic", "true", "--train.progress", "false",
-        "--train.log_every", "2"]
 
 
 def compare(*args, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "scripts" / "compare_runs.py"), *map(str, args)],
-                          cwd=cwd, capture_output=True, text=True, timeout=120)
-
-
-def assert_error(r: subprocess.CompletedProcess, *named) -> str:
-    """Exit status 2, stderr is one ``error: ...`` line naming everything in ``named``; no traceback."""
-    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
-    assert "Traceback" not in r.stderr, r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    for name in named:
-        assert str(name) in lines[0], (name, lines[0])
-    return lines[0]
+    return run_script(REPO / "scripts" / "compare_runs.py", *args, cwd=cwd, timeout=120)
 
 
 def row_of(stdout: str, name: str) -> str:
@@ -50,15 +33,13 @@ def row_of(stdout: str, name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, data_root) -> Path:
-    """A folder with two finished runs, ``a`` (2 epochs, TTA) and ``b`` (3 epochs, EMA, no TTA)."""
+def runs(tmp_path_factory, data_root, tiny_run) -> Path:
+    """A folder with two finished runs, ``a`` (a copy of ``tiny_run``: 2 epochs, TTA) and ``b``
+    (3 epochs, EMA, no TTA)."""
     out = tmp_path_factory.mktemp("compare")
-    for name, extra in (("a", ["--epochs", "2"]),
-                        ("b", ["--epochs", "3", "--ema.enabled", "true", "--eval.tta", "false"])):
-        r = subprocess.run([sys.executable, "scripts/train.py", *TINY, "--data.root", str(data_root),
-                            "--out_dir", str(out), "--name", name, *extra],
-                           cwd=REPO, capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, r.stderr
+    shutil.copytree(tiny_run, out / "a")
+    r = train(tiny_args(data_root, out, "b", "--epochs", "3", "--ema.enabled", "true", "--eval.tta", "false"))
+    assert r.returncode == 0, r.stderr
     return out
 
 
@@ -66,6 +47,7 @@ def summary(run: Path) -> dict:
     return json.loads((run / "summary.json").read_text())
 
 
+@pytest.mark.slow
 def test_table_plot_and_json(runs, tmp_path):
     plot, js = tmp_path / "cmp.png", tmp_path / "cmp.json"
     r = compare(runs / "a", runs / "b", "--plot", plot, "--json", js)
@@ -104,6 +86,7 @@ def test_table_plot_and_json(runs, tmp_path):
     assert rows[1]["test_acc_tta"] is None and rows[1]["weights"] == "ema"
 
 
+@pytest.mark.slow
 def test_a_run_in_progress_is_shown_from_its_metrics(runs, tmp_path):
     """No summary.json yet, two of three epochs in metrics.jsonl: the latest and best EMA accuracy."""
     run = tmp_path / "c"
@@ -155,6 +138,7 @@ def _not_a_run(tmp: Path) -> Path:
     (_a_file, "is not a folder"),
     (_not_a_run, "neither summary.json nor metrics.jsonl"),
 ])
+@pytest.mark.slow
 def test_a_bad_run_dir_is_named(runs, tmp_path, make, says):
     bad, plot = make(tmp_path), tmp_path / "cmp.png"
     line = assert_error(compare(runs / "a", bad, "--plot", plot), bad, says)
@@ -162,6 +146,7 @@ def test_a_bad_run_dir_is_named(runs, tmp_path, make, says):
 
 
 @pytest.mark.parametrize("content", ['{"test_acc": 0.5', "[1, 2]", '{"test_acc": "high"}', "\xff\xfe"])
+@pytest.mark.slow
 def test_a_corrupt_summary_is_named(runs, tmp_path, content):
     run = tmp_path / "broken"
     shutil.copytree(runs / "a", run)
@@ -171,6 +156,7 @@ def test_a_corrupt_summary_is_named(runs, tmp_path, content):
     assert not plot.exists()
 
 
+@pytest.mark.slow
 def test_an_existing_plot_is_replaced_only_with_force(runs, tmp_path):
     plot = tmp_path / "figure.png"
     plot.write_bytes(b"someone's figure")
@@ -187,6 +173,7 @@ def test_an_existing_plot_is_replaced_only_with_force(runs, tmp_path):
     assert plot.read_bytes().startswith(PNG_SIGNATURE)
 
 
+@pytest.mark.slow
 def test_the_default_plot_is_compare_png_in_the_current_folder(runs, tmp_path):
     r = compare(runs / "a", runs / "b", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -202,6 +189,7 @@ def test_the_default_plot_is_compare_png_in_the_current_folder(runs, tmp_path):
 
 
 @pytest.mark.parametrize("option", ["--plot", "--json"])
+@pytest.mark.slow
 def test_an_unwritable_output_is_refused_before_reading_runs(runs, tmp_path, option):
     target = tmp_path / "no_such_folder" / "out.file"
     args = [option, target] + (["--plot", tmp_path / "cmp.png"] if option == "--json" else [])

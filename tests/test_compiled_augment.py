@@ -156,6 +156,7 @@ def _dali(seed=3, **kw):
     return create_augmenter(cfg, "cpu", seed=seed, mean=MEAN, std=STD)
 
 
+@pytest.mark.slow
 def test_dali_prefetch_gives_the_same_batches_and_resumes_exactly(real_images):
     images, labels = real_images
     batches = [(images[i:i + 64], labels[i:i + 64]) for i in range(0, 384, 64)]

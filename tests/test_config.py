@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+from helpers import REPO, train
 
 from fastfm.config import Config, ConfigError, keys_help
 
-REPO = Path(__file__).resolve().parents[1]
 PRESETS = sorted((REPO / "configs").glob("*.yaml"))
 
 
@@ -114,8 +110,7 @@ def test_help_lists_every_section():
     (["--config", "configs/nosuch.yaml"], "nosuch.yaml: not found"),
 ])
 def test_train_script_exits_with_error_line(args, message):
-    r = subprocess.run([sys.executable, "scripts/train.py", *args], cwd=REPO, capture_output=True, text=True,
-                       timeout=120)
+    r = train(args, timeout=120)
     assert r.returncode == 2
     assert r.stderr.startswith("error: ") and message in r.stderr
     assert "Traceback" not in r.stderr

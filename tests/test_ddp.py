@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
-from test_resume import StopAtCheck, assert_same_state
-from test_train import tiny_config
+from helpers import StopAtCheck, assert_same_state, free_port, tiny_config
 
 from fastfm.augment import AugConfig, create_augmenter
 from fastfm.data.resident import EpochLoader, ResidentData
@@ -24,12 +22,6 @@ from fastfm.engine.state import load_checkpoint
 from fastfm.engine.step import OptimizerStep
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def spawn(fn, world_size: int, *args) -> None:

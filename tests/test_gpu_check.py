@@ -11,10 +11,10 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from helpers import REPO, run_script
 
 from fastfm.bench.outputs import MAX_BYTES, check_outputs, pack_traces
 
-REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "gpu_check.sh"
 
 
@@ -47,6 +47,7 @@ def _trace(path: Path, events: int) -> None:
                                                   "args": {"pad": f"{i:08x}" * 8}} for i in range(events)]}))
 
 
+@pytest.mark.slow
 def test_traces_are_packed_into_one_archive_and_cut_when_too_big(tmp_path):
     traces = tmp_path / "trace"
     traces.mkdir()
@@ -80,8 +81,7 @@ def test_output_check_names_too_many_too_big_and_too_deep(tmp_path):
 
 @pytest.mark.parametrize("argv, rc", [(["check"], 2), (["pack", "x"], 2)])
 def test_outputs_cli_usage(argv, rc):
-    out = subprocess.run([sys.executable, "-m", "fastfm.bench.outputs", *argv], capture_output=True, text=True,
-                         cwd=REPO)
+    out = run_script("-m", "fastfm.bench.outputs", *argv)
     assert out.returncode == rc and "usage" in out.stderr
 
 

@@ -36,7 +36,8 @@ def test_full_native_recipe_is_one_graph_without_breaks():
     assert explained.graph_count == 1
 
 
-@pytest.mark.parametrize("backend", [None, "eager", "aot_eager"])
+@pytest.mark.parametrize("backend", [None, pytest.param("eager", marks=pytest.mark.slow),
+                                     pytest.param("aot_eager", marks=pytest.mark.slow)])
 def test_two_phase_call_matches_the_eager_call_bit_for_bit(backend):
     """Same seed -> same generator stream -> same bits, for the masked path compiled with
     ``fullgraph=True`` too; so compiled statistics (flip rate, crop offsets, sub-policy frequencies,

@@ -1,8 +1,9 @@
 """What a run shows while and after it trains: TensorBoard event files (``log.tensorboard``), the
 live plots, ``augment.png``, and ``scripts/evaluate.py --json`` with the keys of ``summary.json``.
 
-Every run here is ``scripts/train.py`` in a fresh process, as a user types it: the cpu preset
-(WRN-10-1) on 256 training images, batch 64 (4 steps per epoch, a refresh every 2 steps).  Event
+Every run here is ``scripts/train.py`` in a fresh process, as a user types it: the tiny run of
+``helpers.tiny_args`` (the cpu preset's WRN-10-1 on 256 training images, batch 64: 4 steps per epoch,
+a refresh every 2 steps), the finished one being the session's shared ``tiny_run``.  Event
 files are read back with TensorBoard's own reader (``EventAccumulator``: what ``tensorboard`` shows,
 after its purging of steps a resumed run rewrote).
 """
@@ -10,42 +11,25 @@ after its purging of steps a resumed run rewrote).
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from helpers import run_script, tiny_args, train
 
 pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 from fastfm.engine.summary import SUMMARY_KEYS  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
 STEPS = 4         # per epoch: 256 images / batch 64
 
 
 def base(data_root: Path, out: Path, name: str, *more: str) -> list[str]:
-    return ["--config", "cpu", "--name", name, "--out_dir", str(out), "--data.root", str(data_root),
-            "--data.train_limit", "256", "--data.test_limit", "200", "--train.batch_size", "64",
-            "--train.log_every", "2", "--train.progress", "false", "--epochs", "2", *more]
-
-
-def train(args: list[str], prelude: str = "", env: dict | None = None) -> subprocess.CompletedProcess:
-    """``python scripts/train.py ARGS``; ``prelude``: Python run first in the same process (through
-    ``runpy``, the real command line otherwise)."""
-    if prelude:
-        code = (prelude + "\nimport runpy, sys\nsys.argv = ['scripts/train.py'] + sys.argv[1:]\n"
-                "runpy.run_path('scripts/train.py', run_name='__main__')\n")
-        cmd = [sys.executable, "-c", code, *args]
-    else:
-        cmd = [sys.executable, "scripts/train.py", *args]
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **(env or {})})
+    """The command line of the shared ``tiny_run`` (but its pretrained start), in ``out`` under ``name``."""
+    return tiny_args(data_root, out, name, *more)
 
 
 def events(tb: Path) -> EventAccumulator:
@@ -79,13 +63,10 @@ def assert_png(path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def fresh(tmp_path_factory, data_root) -> Path:
-    """A finished two-epoch run (TensorBoard on, the preset's default)."""
-    out = tmp_path_factory.mktemp("observe")
-    r = train(base(data_root, out, "fresh"))
-    assert r.returncode == 0, r.stderr
-    assert "log.tensorboard" not in r.stdout + r.stderr
-    return out / "fresh"
+def fresh(tiny_run) -> Path:
+    """The shared finished two-epoch run (TensorBoard on, the preset's default); read it, never change it."""
+    assert "log.tensorboard" not in (tiny_run.parent / "output.txt").read_text()
+    return tiny_run
 
 
 # ---------------------------------------------------------------------- TensorBoard
@@ -123,19 +104,18 @@ def test_tensorboard_curves_on_one_step_axis(fresh):
 
 def test_tensorboard_inspect_reads_the_run(fresh):
     """``tensorboard --logdir runs`` (here its --inspect mode, which reads and lists without serving)."""
-    r = subprocess.run([sys.executable, "-m", "tensorboard.main", "--inspect", "--logdir", str(fresh.parent)],
-                       capture_output=True, text=True, timeout=120)
+    r = run_script("-m", "tensorboard.main", "--inspect", "--logdir", fresh.parent, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "train/loss" in r.stdout and "epoch/test_acc" in r.stdout and "final/test_acc_tta" in r.stdout
 
 
+@pytest.mark.slow
 def test_resume_after_a_crash_continues_the_curves_without_duplicates(tmp_path, data_root):
     """Killed (as by SIGKILL) just before epoch 2's last.pt is published: its epoch-2 events are on
     disk, beyond the checkpoint (end of epoch 1).  The resumed run purges them and writes its own:
     every (tag, step) once, the values from the resumed run."""
     args = base(data_root, tmp_path, "crashed", "--eval.every", "0")   # writes: last, best, last
-    r = subprocess.run([sys.executable, "tests/crash_train.py", *args], cwd=REPO, capture_output=True,
-                       text=True, timeout=300, env={**os.environ, "CRASH_AT": "3", "CRASH_WHEN": "before"})
+    r = run_script("tests/crash_train.py", *args, env={"CRASH_AT": "3", "CRASH_WHEN": "before"})
     assert r.returncode == 137, r.stderr
     run = tmp_path / "crashed"
     # the live plots are there before the run's end: curves.png came with epoch 2's evaluation
@@ -164,13 +144,14 @@ def test_resume_after_a_crash_continues_the_curves_without_duplicates(tmp_path, 
     assert killed_file.exists()
 
 
+@pytest.mark.slow
 def test_resume_of_a_finished_run_replaces_its_final_figures(fresh, tmp_path, data_root):
     """--epochs 2 done, resumed to 3: the two-epoch run's final points (step 9, after its
     checkpoint) are purged; only the three-epoch run's (step 13) remain.  augment.png is kept."""
-    run = tmp_path / "fresh"
+    run = tmp_path / fresh.name
     shutil.copytree(fresh, run)
     augment = (run / "augment.png").stat().st_mtime_ns
-    r = train(base(data_root, tmp_path, "fresh", "--epochs", "3", "--resume"))
+    r = train(base(data_root, tmp_path, fresh.name, "--epochs", "3", "--resume"))
     assert r.returncode == 0, r.stderr
     assert (run / "augment.png").stat().st_mtime_ns == augment          # not redrawn on resume
     ea = events(run / "tb")
@@ -180,6 +161,7 @@ def test_resume_of_a_finished_run_replaces_its_final_figures(fresh, tmp_path, da
     assert [s for s, _ in scalars(ea, "train/loss")] == list(range(2, 3 * STEPS + 1, 2))
 
 
+@pytest.mark.slow
 def test_missing_tensorboard_is_one_warning_and_the_run_finishes(tmp_path, data_root):
     r = train(base(data_root, tmp_path, "no_tb", "--epochs", "1"),
               prelude="import sys; sys.modules['torch.utils.tensorboard'] = None")
@@ -222,6 +204,7 @@ def test_plots_and_augment_png(fresh):
         assert_png(fresh / name)
 
 
+@pytest.mark.slow
 def test_plots_are_rewritten_at_each_evaluation(tmp_path, data_root):
     """Every file published (atomic writes end in os.replace), counted: curves.png and
     confusion.png at each evaluation (epochs 2 and 3 with --eval.every 2), augment.png once at the
@@ -241,14 +224,15 @@ def test_plots_are_rewritten_at_each_evaluation(tmp_path, data_root):
     assert not (tmp_path / "live" / "tb").exists()
 
 
+@pytest.mark.slow
 def test_overwrite_clears_tb_but_keeps_a_foreign_file(fresh, tmp_path, data_root):
     """--overwrite deletes fastfm's files, tb/'s event files among them; a foreign file in tb/ is
     kept (and so tb/), and named in the warning, like any foreign file of the folder."""
-    run = tmp_path / "fresh"
+    run = tmp_path / fresh.name
     shutil.copytree(fresh, run)
     (run / "tb" / "notes.txt").write_text("mine")
     old_events = {p.name for p in (run / "tb").iterdir() if p.name.startswith("events.")}
-    r = train(base(data_root, tmp_path, "fresh", "--epochs", "1", "--overwrite"))
+    r = train(base(data_root, tmp_path, fresh.name, "--epochs", "1", "--overwrite"))
     assert r.returncode == 0, r.stderr
     assert "tb/notes.txt" in r.stdout and "kept" in r.stdout
     left = {p.name for p in (run / "tb").iterdir()}
@@ -259,10 +243,10 @@ def test_overwrite_clears_tb_but_keeps_a_foreign_file(fresh, tmp_path, data_root
 # ---------------------------------------------------------------------- evaluate.py --json
 
 
+@pytest.mark.slow
 def test_evaluate_json_has_the_keys_of_summary_json(fresh, tmp_path):
     out = tmp_path / "eval.json"
-    r = subprocess.run([sys.executable, "scripts/evaluate.py", "--ckpt", str(fresh / "last.pt"), "--tta",
-                        "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    r = run_script("scripts/evaluate.py", "--ckpt", fresh / "last.pt", "--tta", "--json", out)
     assert r.returncode == 0, r.stderr
     summary = json.loads((fresh / "summary.json").read_text())
     ev = json.loads(out.read_text())

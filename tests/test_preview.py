@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+from helpers import run_script
 from PIL import Image
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _run(*args):
-    return subprocess.run([sys.executable, str(REPO / "scripts" / "preview_augment.py"), *args],
-                          capture_output=True, text=True, timeout=300)
+    return run_script("scripts/preview_augment.py", *args)
 
 
+@pytest.mark.slow
 def test_preview_writes_png_grid(data_root, tmp_path):
     out = tmp_path / "grid.png"
     r = _run("--backend", "native", "--out", str(out), "--data", str(data_root), "--n", "4",
@@ -30,6 +25,7 @@ def test_preview_writes_png_grid(data_root, tmp_path):
     assert hi - lo > 100
 
 
+@pytest.mark.slow
 def test_preview_bad_option_is_named(data_root, tmp_path):
     r = _run("--backend", "native", "--out", str(tmp_path / "g.png"), "--data", str(data_root),
              "--aug.erasing_p", "2")
@@ -38,6 +34,7 @@ def test_preview_bad_option_is_named(data_root, tmp_path):
     assert not (tmp_path / "g.png").exists()
 
 
+@pytest.mark.slow
 def test_preview_missing_data_is_a_clear_error(tmp_path):
     r = _run("--backend", "native", "--out", str(tmp_path / "g.png"), "--data", str(tmp_path))
     assert r.returncode == 2
@@ -50,6 +47,7 @@ def test_preview_missing_data_is_a_clear_error(tmp_path):
     (["--rows", "0"], "--rows"),
     (["--device", "tpu"], "--device"),
 ])
+@pytest.mark.slow
 def test_preview_bad_count_or_device_is_named(data_root, tmp_path, args, option):
     r = _run("--backend", "native", "--out", str(tmp_path / "g.png"), "--data", str(data_root), *args)
     assert r.returncode == 2 and "Traceback" not in r.stderr

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from procs import wait_for
-from test_train import tiny_config
+from helpers import StopAtCheck, assert_same_state, launch, tiny_args, tiny_config, wait_for
 
-from fastfm.engine.run import Interrupted, StopSignal, train
+from fastfm.engine.run import Interrupted, train
 from fastfm.engine.state import (
     MARKER,
     CheckpointError,
@@ -23,26 +20,6 @@ from fastfm.engine.state import (
     load_checkpoint,
     save_checkpoint,
 )
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-class StopAtCheck(StopSignal):
-    """A stop request that appears at the ``n``-th time the trainer looks (1-based).
-
-    The trainer looks at every refresh (every ``train.log_every`` steps and at an epoch's last step)
-    and once more after each epoch's checkpoint.  With 8 steps per epoch and ``log_every: 2``:
-    checks 1-4 are the refreshes after steps 2, 4, 6, 8 of epoch 1 and check 5 is its end.
-    """
-
-    def __init__(self, n: int):
-        super().__init__()
-        self.n, self.calls = n, 0
-
-    def is_set(self) -> bool:
-        self.calls += 1
-        return self.calls >= self.n
-
 
 def full_recipe(tmp_path, data_root, name: str, opt: str):
     """Every source of state: dropout (torch RNG), the whole augmentation stack (augmenter RNG),
@@ -55,24 +32,8 @@ def full_recipe(tmp_path, data_root, name: str, opt: str):
                        train={"label_smoothing": 0.1}, ema={"enabled": True, "decay": 0.9})
 
 
-def assert_same_state(a: Path, b: Path) -> None:
-    sa, sb = load_checkpoint(a), load_checkpoint(b)
-    for part in ("model", "ema"):
-        if sa[part] is None or sb[part] is None:       # a run without EMA
-            assert sa[part] is sb[part] is None
-            continue
-        assert sa[part].keys() == sb[part].keys()
-        for key in sa[part]:
-            assert torch.equal(sa[part][key], sb[part][key]), f"{part}.{key} differs"
-    opt_a, opt_b = sa["optimizer"]["state"], sb["optimizer"]["state"]
-    assert opt_a.keys() == opt_b.keys()
-    for i in opt_a:
-        for k, v in opt_a[i].items():
-            assert torch.equal(torch.as_tensor(v), torch.as_tensor(opt_b[i][k])), f"optimizer {i}.{k} differs"
-    assert sa["progress"]["step"] == sb["progress"]["step"]
-
-
 @pytest.mark.parametrize("opt, stop_at", [("ranger", 5), ("adamw", 2)], ids=["epoch-boundary", "mid-epoch"])
+@pytest.mark.slow
 def test_resume_is_bit_exact(tmp_path, data_root, opt, stop_at):
     straight = train(full_recipe(tmp_path, data_root, "straight", opt))
 
@@ -97,19 +58,11 @@ def test_resume_requires_a_checkpoint(tmp_path, data_root):
         train(cfg)
 
 
-def _launch(args: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "scripts/train.py", *args], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
 @pytest.mark.slow
 def test_sigterm_writes_checkpoint_and_auto_resume_continues(tmp_path, data_root):
-    args = ["--config", "configs/cpu.yaml", "--out_dir", str(tmp_path), "--name", "sig",
-            "--data.root", str(data_root), "--data.train_limit", "1024", "--data.test_limit", "200",
-            "--epochs", "500", "--train.batch_size", "128", "--train.log_every", "1",
-            "--train.progress", "false", "--train.resume", "auto"]
-    proc = _launch(args)
+    args = tiny_args(data_root, tmp_path, "sig", "--train.log_every", "1", "--train.resume", "auto",
+                     images=1024, batch=128, epochs=500)
+    proc = launch("scripts/train.py", *args)
     wait_for(proc, "steps/epoch")          # set-up done: the SIGTERM handler is installed
     time.sleep(1.0)
     proc.send_signal(signal.SIGTERM)
@@ -120,7 +73,7 @@ def test_sigterm_writes_checkpoint_and_auto_resume_continues(tmp_path, data_root
     assert first["step"] > 0
 
     # What torchrun --max-restarts (or a job scheduler) does: the same command again.
-    proc = _launch(args)
+    proc = launch("scripts/train.py", *args)
     out = wait_for(proc, "resumed from")
     assert f"batch {first['epoch_step']} of 8" in out
     wait_for(proc, "train loss")            # at least one more epoch finished

@@ -10,7 +10,6 @@ clear errors for unwritable, full or read-only run folders.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -20,40 +19,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from procs import wait_for
-from test_resume import assert_same_state
+from helpers import REPO, assert_error, assert_same_state, launch, run_script, tiny_args, train, wait_for
 
 from fastfm.engine.evaluate import evaluate_checkpoint
 from fastfm.engine.state import MARKER, load_checkpoint, save_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
-# WRN-10-1 (configs/cpu.yaml) on 2048 images: 16 steps of 128 per epoch, about a second per epoch here.
-BASE = ["--config", "configs/cpu.yaml", "--data.train_limit", "2048", "--data.test_limit", "200",
-        "--epochs", "2", "--train.batch_size", "128", "--train.deterministic", "true",
-        "--train.progress", "false", "--eval.tta", "false", "--train.log_every", "2"]
-
 
 def base(data_root: Path, out: Path, name: str, *extra: str) -> list[str]:
-    return [*BASE, "--data.root", str(data_root), "--out_dir", str(out), "--name", name, *extra]
-
-
-def train(args: list[str], script: str = "scripts/train.py", env: dict | None = None,
-          timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, script, *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
-
-
-def launch(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "scripts/train.py", *args], cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-
-def assert_error(r: subprocess.CompletedProcess, message: str, code: int = 2) -> None:
-    assert r.returncode == code, (r.returncode, r.stderr)
-    assert "Traceback" not in r.stderr, r.stderr
-    errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and message in errors[0], r.stderr
+    """A tiny run of 16 steps of 128 per epoch (2048 images), 2 epochs, without TTA."""
+    return tiny_args(data_root, out, name, "--eval.tta", "false", *extra, images=2048, batch=128)
 
 
 def tree(folder: Path) -> dict[str, bytes]:
@@ -84,11 +58,12 @@ def test_run_name_must_be_one_plain_component(tmp_path, data_root, name):
     before = tree(checkout)
     for extra in (["--train.resume", "auto"], ["--overwrite"])[:2 if name == ".." else 1]:
         r = train([*base(data_root, checkout / "runs", name), *extra])
-        assert_error(r, "name: ")
+        assert_error(r, "name: ", only_line=False)
     assert tree(checkout) == before and not (checkout / "runs").exists()
 
 
 @pytest.mark.parametrize("extra", [["--overwrite"], ["--train.resume", "auto"], ["--resume"], []])
+@pytest.mark.slow
 def test_a_folder_fastfm_did_not_create_is_never_touched(tmp_path, data_root, extra):
     run = tmp_path / "runs" / "mine"
     run.mkdir(parents=True)
@@ -96,10 +71,11 @@ def test_a_folder_fastfm_did_not_create_is_never_touched(tmp_path, data_root, ex
     (run / "metrics.jsonl").write_text("my own file of that name\n")
     before = tree(run)
     r = train([*base(data_root, tmp_path / "runs", "mine"), *extra])
-    assert_error(r, "was not created by fastfm")
+    assert_error(r, "was not created by fastfm", only_line=False)
     assert tree(run) == before
 
 
+@pytest.mark.slow
 def test_overwrite_deletes_only_what_fastfm_wrote(tmp_path, data_root):
     args = base(data_root, tmp_path, "r", "--epochs", "1")
     assert train(args).returncode == 0
@@ -111,20 +87,22 @@ def test_overwrite_deletes_only_what_fastfm_wrote(tmp_path, data_root):
     assert (tmp_path / "r" / "last.pt").is_file()
 
 
+@pytest.mark.slow
 def test_existing_run_needs_resume_or_overwrite(tmp_path, data_root):
     args = base(data_root, tmp_path, "r", "--epochs", "1")
     assert train(args).returncode == 0
     before = tree(tmp_path / "r")
-    assert_error(train(args), "already holds a run: pass --resume")
-    assert_error(train([*args, "--resume", "--overwrite"]), "contradict")
+    assert_error(train(args), "already holds a run: pass --resume", only_line=False)
+    assert_error(train([*args, "--resume", "--overwrite"]), "contradict", only_line=False)
     assert tree(tmp_path / "r") == before
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--train.batch_size", "4096"], "train.batch_size: 4096 is larger than the training set (2,048 images"),
-    (["--train.device", "cuda"], "train.device: "),
-    (["--data.root", "/nonexistent/data"], "/nonexistent/data"),
-    (["--model.pretrained", "/nonexistent/w.pt"], "model.pretrained"),
+    pytest.param(["--train.batch_size", "4096"], "train.batch_size: 4096 is larger than the training set (2,048 images",
+                 marks=pytest.mark.slow),
+    pytest.param(["--train.device", "cuda"], "train.device: ", marks=pytest.mark.slow),
+    pytest.param(["--data.root", "/nonexistent/data"], "/nonexistent/data", marks=pytest.mark.slow),
+    pytest.param(["--model.pretrained", "/nonexistent/w.pt"], "model.pretrained", marks=pytest.mark.slow),
     (["--lr", "nan"], "optim.lr: expected a finite number"),
     (["--lr", "inf"], "optim.lr: expected a finite number"),
 ])
@@ -134,7 +112,7 @@ def test_everything_is_checked_before_the_run_folder_is_touched(tmp_path, data_r
     modes = ([], ["--overwrite"], ["--train.resume", "auto"])
     for mode in modes if "4096" in extra else modes[2:]:
         r = train([*base(data_root, tmp_path / "runs", "r"), *extra, *mode])
-        assert_error(r, message)
+        assert_error(r, message, only_line=False)
     assert not (tmp_path / "runs").exists()
 
 
@@ -146,13 +124,14 @@ def test_config_that_is_not_a_yaml_file(tmp_path, kind):
     else:
         path.write_bytes(bytes(range(256)) * 4)
     r = train(["--config", str(path), "--out_dir", str(tmp_path / "runs")])
-    assert_error(r, f"config file {path}: ")
+    assert_error(r, f"config file {path}: ", only_line=False)
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_out_dir_that_is_a_file(tmp_path, data_root):
     (tmp_path / "f").write_text("x")
-    assert_error(train(base(data_root, tmp_path / "f", "r")), "is a file, not a folder")
+    assert_error(train(base(data_root, tmp_path / "f", "r")), "is a file, not a folder", only_line=False)
     assert (tmp_path / "f").read_text() == "x"
 
 
@@ -163,7 +142,7 @@ def test_out_dir_that_is_a_file(tmp_path, data_root):
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
 def test_stopped_run_resumed_with_the_same_command_is_bit_identical(tmp_path, data_root, straight, sig, code):
     args = base(data_root, tmp_path, "straight")      # the same name: the same config, bit for bit
-    proc = launch(args)
+    proc = launch("scripts/train.py", *args)
     wait_for(proc, "steps/epoch")                      # set-up done: the handlers are installed
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
@@ -182,6 +161,7 @@ def test_stopped_run_resumed_with_the_same_command_is_bit_identical(tmp_path, da
     assert epochs == [1, 2]
 
 
+@pytest.mark.slow
 def test_resume_yes_in_a_yaml_file(tmp_path, data_root):
     args = base(data_root, tmp_path, "r", "--epochs", "1")
     assert train(args).returncode == 0
@@ -198,7 +178,7 @@ def test_resume_yes_in_a_yaml_file(tmp_path, data_root):
 def test_second_ctrl_c_quits_at_once(tmp_path, data_root):
     # One refresh per epoch (log_every larger than the epoch): the first Ctrl-C would wait for it.
     args = base(data_root, tmp_path, "r", "--data.train_limit", "60000", "--train.log_every", "100000")
-    proc = launch(args)
+    proc = launch("scripts/train.py", *args)
     wait_for(proc, "steps/epoch")
     proc.send_signal(signal.SIGINT)
     time.sleep(0.5)
@@ -216,13 +196,13 @@ def test_second_ctrl_c_quits_at_once(tmp_path, data_root):
 @pytest.mark.slow
 def test_a_second_launch_on_a_running_folder_fails_and_a_killed_run_leaves_no_lock(tmp_path, data_root):
     args = base(data_root, tmp_path, "r", "--epochs", "500")
-    first = launch(args)
+    first = launch("scripts/train.py", *args)
     try:
         wait_for(first, "steps/epoch")
         r = train(args + ["--overwrite"])
-        assert_error(r, f"is in use by another fastfm run (pid {first.pid})")
+        assert_error(r, f"is in use by another fastfm run (pid {first.pid})", only_line=False)
         r = train(args + ["--train.resume", "auto"])
-        assert_error(r, f"(pid {first.pid})")
+        assert_error(r, f"(pid {first.pid})", only_line=False)
     finally:
         first.kill()                                   # SIGKILL: no handler runs, the kernel drops the lock
         first.communicate()
@@ -235,7 +215,7 @@ def test_a_second_launch_on_a_running_folder_fails_and_a_killed_run_leaves_no_lo
 
 def _pt_writes(data_root: Path, out: Path) -> list[str]:
     log = out / "writes.log"
-    r = train(base(data_root, out, "count"), script="tests/crash_train.py", env={"CRASH_LOG": str(log)})
+    r = run_script("tests/crash_train.py", *base(data_root, out, "count"), env={"CRASH_LOG": str(log)})
     assert r.returncode == 0, r.stderr
     return log.read_text().split()
 
@@ -251,7 +231,7 @@ def test_a_crash_at_any_checkpoint_write_leaves_a_consistent_run(tmp_path, data_
         name = f"crash{k}{when}"
         args = base(data_root, tmp_path, "straight")
         shutil.rmtree(tmp_path / "straight", ignore_errors=True)
-        r = train(args, script="tests/crash_train.py", env={"CRASH_AT": str(k), "CRASH_WHEN": when})
+        r = run_script("tests/crash_train.py", *args, env={"CRASH_AT": str(k), "CRASH_WHEN": when})
         assert r.returncode == 137, (name, r.stderr)
         run = tmp_path / "straight"
         temps = [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
@@ -267,10 +247,11 @@ def test_a_crash_at_any_checkpoint_write_leaves_a_consistent_run(tmp_path, data_
         assert_same_state(straight / "last.pt", run / "last.pt")
 
 
+@pytest.mark.slow
 def test_periodic_checkpoints_mid_epoch(tmp_path, data_root):
     log = tmp_path / "writes.log"
-    r = train(base(data_root, tmp_path, "r", "--train.checkpoint_every_min", "1e-9"),
-              script="tests/crash_train.py", env={"CRASH_LOG": str(log)})
+    args = base(data_root, tmp_path, "r", "--train.checkpoint_every_min", "1e-9")
+    r = run_script("tests/crash_train.py", *args, env={"CRASH_LOG": str(log)})
     assert r.returncode == 0, r.stderr
     # 16 steps per epoch, a refresh every 2: 7 mid-epoch saves and 1 at the end, per epoch
     assert log.read_text().split().count("last.pt") == 2 * 8
@@ -279,10 +260,11 @@ def test_periodic_checkpoints_mid_epoch(tmp_path, data_root):
 # ---------------------------------------------------------------------- skipped steps
 
 
+@pytest.mark.slow
 def test_a_run_whose_steps_are_all_skipped_stops_with_an_error(tmp_path, data_root):
     args = base(data_root, tmp_path, "r", "--lr", "1e6", "--train.on_nonfinite", "skip")
     r = train(args)
-    assert_error(r, "steps (up to epoch 1) were skipped")
+    assert_error(r, "steps (up to epoch 1) were skipped", only_line=False)
     assert "train.max_skipped = 0.5" in r.stderr
     # Without the stop rule the run goes on; a dead epoch reports its loss as missing, never as 0.
     r = train([*args, "--overwrite", "--train.max_skipped", "1"])
@@ -306,10 +288,11 @@ def stopped_run(tmp_path, data_root, straight) -> tuple[Path, list[str]]:
     (["--train.batch_size", "256"], "train.batch_size: 128 -> 256"),
     (["--model.width", "2"], "model.width: 1 -> 2"),
 ])
+@pytest.mark.slow
 def test_resume_with_a_changed_shape_is_refused_by_name(stopped_run, extra, keys):
     run, args = stopped_run
     before = tree(run)
-    assert_error(train([*args, *extra]), keys)
+    assert_error(train([*args, *extra]), keys, only_line=False)
     assert tree(run) == before
 
 
@@ -318,6 +301,7 @@ def test_resume_with_a_changed_shape_is_refused_by_name(stopped_run, extra, keys
     ("drop_optimizer", "not a resumable checkpoint"),
     ("truncate", "not a readable checkpoint"),
 ])
+@pytest.mark.slow
 def test_resume_from_a_checkpoint_that_does_not_fit(stopped_run, damage, message):
     run, args = stopped_run
     state = load_checkpoint(run / "last.pt")
@@ -329,9 +313,10 @@ def test_resume_from_a_checkpoint_that_does_not_fit(stopped_run, damage, message
     save_checkpoint(state, run / "last.pt")
     if damage == "truncate":
         (run / "last.pt").write_bytes((run / "last.pt").read_bytes()[:1000])
-    assert_error(train(args), message)
+    assert_error(train(args), message, only_line=False)
 
 
+@pytest.mark.slow
 def test_partial_metrics_line_is_dropped_on_resume(stopped_run):
     run, args = stopped_run
     with open(run / "metrics.jsonl", "a") as f:
@@ -342,6 +327,7 @@ def test_partial_metrics_line_is_dropped_on_resume(stopped_run):
     assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").open()] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_leftover_temporary_files_are_removed_when_the_folder_is_opened(stopped_run):
     run, args = stopped_run
     (run / ".last.pt.12345.0badcafe.tmp").write_bytes(b"half a checkpoint")
@@ -375,18 +361,21 @@ def _train_on_mount(tmp_path: Path, data_root: Path, mount_opts: str, *extra: st
 
 
 @needs_mount
+@pytest.mark.slow
 def test_read_only_run_folder(tmp_path, data_root):
-    assert_error(_train_on_mount(tmp_path, data_root, "ro"), "cannot create the run folder")
+    assert_error(_train_on_mount(tmp_path, data_root, "ro"), "cannot create the run folder", only_line=False)
 
 
 @needs_mount
+@pytest.mark.slow
 def test_disk_full_while_writing_a_checkpoint(tmp_path, data_root):
     # 512 KiB: room for config.yaml, metrics and best.pt (330 kB), not for last.pt (660 kB)
     r = _train_on_mount(tmp_path, data_root, "size=512k")
-    assert_error(r, "the disk is full")
+    assert_error(r, "the disk is full", only_line=False)
     assert "last.pt" in r.stderr
 
 
+@pytest.mark.slow
 def test_marker_is_written_with_the_run(tmp_path, data_root):
     assert train(base(data_root, tmp_path, "r", "--epochs", "1")).returncode == 0
     assert (tmp_path / "r" / MARKER).is_file()

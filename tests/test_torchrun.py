@@ -11,33 +11,19 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from procs import wait_for
-from test_resume import assert_same_state
-from test_run_safety import base
+from helpers import assert_same_state, free_port, tiny_args, torchrun, wait_for
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
-TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}   # 2 processes on 2 cores
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def torchrun(launcher: list[str], args: list[str], **kw) -> subprocess.Popen:
-    return subprocess.Popen([TORCHRUN, *launcher, "scripts/train.py", *args], cwd=REPO, env=ENV, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+def base(data_root: Path, out: Path, name: str, *extra: str) -> list[str]:
+    """A tiny run of 16 global steps of 128 per epoch (2048 images), 2 epochs, without TTA."""
+    return tiny_args(data_root, out, name, "--eval.tta", "false", *extra, images=2048, batch=128)
 
 
 def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[str, str]:

@@ -1,19 +1,17 @@
 """The training loop on CPU: learning, run-folder outputs, non-finite losses, the pieces of the step.
 
-``tiny_config`` (also used by test_resume and test_ddp) trains a WRN-10-1 on a real 1024-image
-subset: 8 steps per epoch, a second or two per epoch on 2 cores.
+``helpers.tiny_config`` trains a WRN-10-1 on a real 1024-image subset: 8 steps per epoch, a second or
+two per epoch on 2 cores.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import run_script, tiny_config
 
 from fastfm.config import Config
 from fastfm.engine import step as step_mod
@@ -23,29 +21,6 @@ from fastfm.engine.optim import WarmupCosine
 from fastfm.engine.run import NonFiniteLoss, train
 from fastfm.engine.state import load_checkpoint
 from fastfm.engine.step import OptimizerStep
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def tiny_config(out_dir: Path, data_root: Path, name: str = "tiny", **sections) -> Config:
-    """WRN-10-1, 1024 training / 500 test images, batch 128, 2 epochs, deterministic, quiet.
-
-    ``sections``: per-section dicts merged over the defaults, e.g. ``optim={"name": "adamw"}``.
-    """
-    d = {
-        "name": name, "out_dir": str(out_dir),
-        "data": {"root": str(data_root), "train_limit": 1024, "test_limit": 500},
-        "model": {"name": "wrn", "depth": 10, "width": 1},
-        "aug": {"backend": "native", "resize": 0, "crop": 0, "flip_p": 0.5, "autoaugment": "none",
-                "erasing_p": 0.0, "cutmix_p": 0.0, "channels": 1},
-        "optim": {"name": "sgd", "lr": 0.1, "weight_decay": 5e-4},
-        "sched": {"warmup_epochs": 0.5, "start_factor": 0.1},
-        "train": {"epochs": 2, "batch_size": 128, "deterministic": True, "progress": False, "log_every": 2},
-        "eval": {"batch_size": 250, "tta": True, "tta_shift": 1},
-    }
-    for section, values in sections.items():
-        d[section] = {**d.get(section, {}), **values}
-    return Config.from_dict(d)
 
 
 def test_tiny_model_learns_and_writes_run_folder(tmp_path, data_root):
@@ -71,14 +46,12 @@ def test_tiny_model_learns_and_writes_run_folder(tmp_path, data_root):
     assert again["test_acc"] == saved["test_acc"] and again["test_acc_tta"] == saved["test_acc_tta"]
 
 
-def test_evaluate_script(tmp_path, data_root):
-    train(tiny_config(tmp_path, data_root, train={"epochs": 1}))
-    r = subprocess.run([sys.executable, "scripts/evaluate.py", "--ckpt", str(tmp_path / "tiny" / "best.pt"), "--tta"],
-                       cwd=REPO, capture_output=True, text=True, timeout=120)
+@pytest.mark.slow
+def test_evaluate_script(tmp_path, tiny_run):
+    r = run_script("scripts/evaluate.py", "--ckpt", tiny_run / "best.pt", "--tta")
     assert r.returncode == 0, r.stderr
-    assert "accuracy" in r.stdout and "with TTA (10 views)" in r.stdout and "Ankle boot" in r.stdout
-    r = subprocess.run([sys.executable, "scripts/evaluate.py", "--ckpt", str(tmp_path / "nope.pt")],
-                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert "accuracy" in r.stdout and "with TTA (2 views)" in r.stdout and "Ankle boot" in r.stdout   # flip TTA
+    r = run_script("scripts/evaluate.py", "--ckpt", tmp_path / "nope.pt")
     assert r.returncode == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
 
 
@@ -108,6 +81,7 @@ def test_nonfinite_loss_stops_and_names_the_step(tmp_path, data_root, monkeypatc
         train(tiny_config(tmp_path, data_root))
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_skip_mode(tmp_path, data_root, monkeypatch):
     _poison(monkeypatch, step=11)
     train(tiny_config(tmp_path, data_root, train={"on_nonfinite": "skip"}))
