@@ -2,9 +2,9 @@
 
 WRN-``depth``-``width``: a 3x3 stem of 16 channels, then three groups of ``(depth - 4) / 6``
 pre-activation basic blocks with ``16k``, ``32k`` and ``64k`` channels (strides 1, 2, 2), then
-BN-activation, global average pooling and a linear classifier.  It is the reference layout
-(xternalz/WideResNet-pytorch, used by the original report): WRN-40-4 has 8,949,210 parameters with
-3 input channels and 8,948,922 with 1.  Works at any input size (28 or 32 px here).
+BN-activation, global average pooling and a linear classifier: the reference layout
+(xternalz/WideResNet-pytorch, used by the original report; tests/test_models.py checks its parameter
+count).  Works at any input size (28 or 32 px here).
 """
 
 from __future__ import annotations
