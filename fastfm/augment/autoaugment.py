@@ -50,6 +50,7 @@ _STATIC_LUT_OPS = ("Brightness", "Posterize", "Solarize", "Invert")
 _STAT_LUT_OPS = ("Contrast", "AutoContrast", "Equalize")       # tables from image statistics
 _GEOMETRIC_SET = frozenset(GEOMETRIC)
 _POINTWISE_SET = frozenset(POINTWISE)
+_STAT_SET = frozenset(_STAT_LUT_OPS)
 
 
 def _check_images(images: torch.Tensor) -> None:
@@ -291,7 +292,7 @@ class BatchAutoAugment:
             if len(cands) == 1:
                 lut = cands[0]
             else:
-                kind = self._lut_kind[lut_ops & frozenset(_STAT_LUT_OPS)][op]
+                kind = self._lut_kind[lut_ops & _STAT_SET][op]
                 lut = torch.stack(cands, dim=1)[self._batch_constants(b)[0], kind]
             pix = lut.clamp_(0, 255).long().gather(1, pix)
         if "Sharpness" in present:                                        # as sharpen
