@@ -29,7 +29,7 @@ class NativeAugmenter(Augmenter):
     ``aug(images uint8 (B, 1, 28, 28), labels int64 (B,)) -> (x float32 (B, C, S, S), y float32 (B, K))``
     following the op order documented in :class:`fastfm.config.AugConfig`.  AutoAugment is
     :class:`~fastfm.augment.autoaugment.BatchAutoAugment` (one sub-policy per sample; its module
-    docstring explains the vectorisation and its cost: about five full-batch passes per op slot).
+    docstring explains the two dispatches).
     All randomness, CutMix/MixUp included, comes from one ``torch.Generator`` on ``device`` seeded
     with ``seed``; ``state_dict()`` holds its state, so a restored augmenter continues the stream
     bit for bit.
