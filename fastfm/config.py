@@ -33,6 +33,8 @@ BACKENDS = {
 OPTIMIZERS = {"adam": ("adam", True), "adamw": ("adamw", True), "sgd": ("sgd", True),
               "ranger": ("lookahead_radam", False)}
 AUTOAUGMENT_POLICIES = ("none", "cifar10", "imagenet", "svhn")
+# WRN activations: name -> torch.nn class name ("default" in the config means relu for WRN).
+WRN_ACTIVATIONS = {"relu": "ReLU", "mish": "Mish"}
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 RESUME = ("no", "yes", "auto")
 ON_NONFINITE = ("stop", "skip")
@@ -88,8 +90,9 @@ class ModelConfig:
                                   f"(10, 16, 22, 28, 40, ...), got {self.depth}")
             if self.width < 1:
                 raise ConfigError(f"model.width: must be >= 1, got {self.width}")
-            if self.act not in ("default", "relu", "mish"):
-                raise ConfigError(f"model.act: WRN supports default, relu or mish, got {self.act!r}")
+            if self.act not in ("default", *WRN_ACTIVATIONS):
+                raise ConfigError(f"model.act: WRN supports {', '.join(('default', *WRN_ACTIVATIONS))}, "
+                                  f"got {self.act!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout: must be in [0, 1), got {self.dropout}")
 
