@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from fastfm.engine.compare import format_pct
+from fastfm.engine.outputs.compare import format_pct
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -14,15 +14,10 @@ import torch
 from procs import wait_for
 from test_train import tiny_config
 
-from fastfm.engine.run import Interrupted, StopSignal, train
-from fastfm.engine.state import (
-    MARKER,
-    CheckpointError,
-    RunFolder,
-    RunFolderError,
-    load_checkpoint,
-    save_checkpoint,
-)
+from fastfm.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from fastfm.engine.folder import MARKER, RunFolder, RunFolderError
+from fastfm.engine.run import train
+from fastfm.engine.signals import Interrupted, StopSignal
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -23,8 +23,8 @@ import torch
 from procs import wait_for
 from test_resume import assert_same_state
 
-from fastfm.engine.evaluate import evaluate_checkpoint
-from fastfm.engine.state import MARKER, load_checkpoint, save_checkpoint
+from fastfm.engine.checkpoint import evaluate_checkpoint, load_checkpoint, save_checkpoint
+from fastfm.engine.folder import MARKER
 
 REPO = Path(__file__).resolve().parents[1]
 # WRN-10-1 (configs/cpu.yaml) on 2048 images: 16 steps of 128 per epoch, about a second per epoch here.

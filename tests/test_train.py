@@ -18,11 +18,11 @@ import torch.nn.functional as F
 from fastfm.config import Config
 from fastfm.engine import step as step_mod
 from fastfm.engine.amp import Precision, create_gradient_update
-from fastfm.engine.evaluate import evaluate_checkpoint, shift_images, tta_views
+from fastfm.engine.checkpoint import evaluate_checkpoint, load_checkpoint
+from fastfm.engine.evaluate import shift_images, tta_views
 from fastfm.engine.optim import WarmupCosine
-from fastfm.engine.run import NonFiniteLoss, train
-from fastfm.engine.state import load_checkpoint
-from fastfm.engine.step import OptimizerStep
+from fastfm.engine.run import train
+from fastfm.engine.step import NonFiniteLoss, OptimizerStep
 
 REPO = Path(__file__).resolve().parents[1]
 
