@@ -30,8 +30,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     if sys.modules.get("torch") is not None:     # the others live in modules that need torch
         from .augment import BackendUnavailable
         from .distributed import DeviceError
-        from .engine.run import NonFiniteLoss
-        from .engine.state import CheckpointError, RunFolderError
+        from .engine.checkpoint import CheckpointError
+        from .engine.folder import RunFolderError
+        from .engine.step import NonFiniteLoss
 
         errors += [BackendUnavailable, DeviceError, NonFiniteLoss, CheckpointError, RunFolderError]
     return tuple(errors)
@@ -60,7 +61,7 @@ def run_script(main: Callable[[], int | None],
             return 2
         if sys.modules.get("torch") is not None:
             from .distributed import RankFailure
-            from .engine.run import Interrupted
+            from .engine.signals import Interrupted
 
             if isinstance(e, RankFailure):
                 print(error_line(e), file=sys.stderr)

@@ -1,32 +1,40 @@
-"""The one typed configuration of a training run: dataclasses filled from YAML, then from the CLI.
+"""The one typed configuration of a training run: every key, its type, default, help and checks.
 
 Precedence: the dataclass defaults, then the YAML preset (``--config``), then ``--section.key value``
 overrides.  A bare ``--key`` names a top-level key (``--name``) or, when only one section has it,
-that section's key (``--epochs`` is ``--train.epochs``, ``--lr`` is ``--optim.lr``).
-
-Every key is declared once, with its type, default and help, below.  Loading checks every key and
-value and raises :class:`ConfigError` naming the key (``optim.lrr: unknown key (did you mean
-'optim.lr'?)``); :meth:`Config.to_dict` gives the resolved configuration that every run folder and
-checkpoint keeps, and :meth:`Config.from_dict` rebuilds it.
+that section's key (``--epochs`` is ``--train.epochs``, ``--lr`` is ``--optim.lr``).  Reading and
+coercion live in :mod:`fastfm.configio`; this module holds what is fastfm's: the sections, the
+registries, the presets and the range checks, each raising :class:`ConfigError` naming the key.
+:meth:`Config.to_dict` is the resolved configuration every run folder and checkpoint keeps, and
+:meth:`Config.from_dict` rebuilds it.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import difflib
-import math
 import re
 import typing
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
+from . import configio
+from .configio import ConfigError, opt, section
 
-BACKENDS = ("native", "kornia", "dali")
+# Augmentation backends: name -> ("module:Class", pip requirement of its optional dependency or
+# None).  The modules are imported only when their backend is chosen (fastfm.augment.create_augmenter).
+BACKENDS = {
+    "native": ("fastfm.augment.native_backend:NativeAugmenter", None),
+    "kornia": ("fastfm.augment.kornia_backend:KorniaAugmenter", "kornia"),
+    "dali": ("fastfm.augment.dali_backend:DaliAugmenter", "fastfm[dali] (nvidia-dali-cuda130)"),
+}
+# Optimizers: name -> (timm optimizer name, has a fused CUDA kernel in torch).  timm's "sgd" is SGD
+# with Nesterov momentum; "lookahead_radam" is Ranger (Lookahead(k=6, alpha=0.5) around RAdam).
+OPTIMIZERS = {"adam": ("adam", True), "adamw": ("adamw", True), "sgd": ("sgd", True),
+              "ranger": ("lookahead_radam", False)}
 AUTOAUGMENT_POLICIES = ("none", "cifar10", "imagenet", "svhn")
-OPTIMIZERS = ("adam", "adamw", "sgd", "ranger")
+# WRN activations: name -> torch.nn class name ("default" in the config means relu for WRN).
+WRN_ACTIVATIONS = {"relu": "ReLU", "mish": "Mish"}
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 RESUME = ("no", "yes", "auto")
 ON_NONFINITE = ("stop", "skip")
@@ -36,28 +44,6 @@ COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 # The presets ship inside the package (package data), so an installed fastfm finds them too; the
 # checkout's top-level configs/ is a link to this folder.
 PRESETS = Path(__file__).resolve().parent / "configs"
-
-
-class ConfigError(ValueError):
-    """A configuration key or value is invalid; the message starts with the dotted key."""
-
-
-class _Yaml12Loader(yaml.SafeLoader):
-    """PyYAML's safe loader with YAML 1.2's booleans: only true/false (any case) are booleans.
-
-    YAML 1.1 (PyYAML's default) also reads yes/no/on/off as booleans, which turned ``resume: yes``
-    and the CLI's ``--train.resume yes`` into ``True`` for a key whose values are no | yes | auto.
-    """
-
-
-_Yaml12Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-_Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|false)$", re.I),
-                                    list("tTfF"))
-
-# Spellings accepted for boolean keys (``--train.progress off``): YAML 1.2 reads them as strings.
-_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
 
 # A run name becomes one folder under out_dir: one plain path component, never "..", "/" or "".
 NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,100}")
@@ -71,16 +57,6 @@ def check_run_name(name: str) -> str | None:
         return (f"{name!r} is not a plain folder name: use 1 to 100 letters, digits, '.', '_' or "
                 f"'-' (not '.' or '..')")
     return None
-
-
-def opt(default, help: str):  # noqa: A002 - "help" reads best at the call sites
-    """A config field: its default (an immutable value) and the help line shown by ``--help``."""
-    return field(default=default, metadata={"help": help})
-
-
-def section(cls):
-    """A config section: a nested dataclass, fresh for every :class:`Config`."""
-    return field(default_factory=cls)
 
 
 @dataclass
@@ -114,8 +90,9 @@ class ModelConfig:
                                   f"(10, 16, 22, 28, 40, ...), got {self.depth}")
             if self.width < 1:
                 raise ConfigError(f"model.width: must be >= 1, got {self.width}")
-            if self.act not in ("default", "relu", "mish"):
-                raise ConfigError(f"model.act: WRN supports default, relu or mish, got {self.act!r}")
+            if self.act not in ("default", *WRN_ACTIVATIONS):
+                raise ConfigError(f"model.act: WRN supports {', '.join(('default', *WRN_ACTIVATIONS))}, "
+                                  f"got {self.act!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout: must be in [0, 1), got {self.dropout}")
 
@@ -188,7 +165,7 @@ class TrainConfig:
 
     # Keys that were renamed: loading one names its replacement instead of "unknown key".
     replaced: typing.ClassVar[dict[str, str]] = {
-        "compile": "compile_mode (none | default | reduce-overhead | max-autotune)"}
+        "compile": f"compile_mode ({' | '.join(COMPILE_MODES)})"}
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -254,37 +231,31 @@ class LogConfig:
 
 @dataclass
 class AugConfig:
-    """The one augmentation recipe every backend (native, kornia, dali) follows, in this order
-    (each op can be switched off):
-
-    The one augmentation specification shared by every backend (native, kornia, dali).
-
-    Order in which the ops run (every backend follows it; each op can be switched off):
+    """The one augmentation recipe every backend follows, in this order (each op can be switched off):
 
     1. ``resize``   28 -> 36 (bilinear, antialias off: upsampling).  Done first so that the crop below
        samples sub-pixel shifts of the garment, as the original recipe's ``Resize(36)`` did.
     2. ``crop``     random 32x32 window of the 36x36 image (every offset 0..4 equally likely).
     3. ``flip``     horizontal flip with probability ``flip_p``.
-    4. ``autoaugment``  one sub-policy per *sample* (torchvision's policy tables), on uint8 pixels:
-       torchvision's AutoAugment works on uint8/PIL images, and its colour ops (posterize, solarize,
-       equalize, ...) are defined on 0..255 integers, so it runs before conversion to float.  It runs
-       after the crop because that is cheaper (32x32 instead of 36x36) and the geometric ops then act on
-       the frame the network sees.
+    4. ``autoaugment``  one sub-policy per *sample* (torchvision's policy tables), on uint8 pixels,
+       before the conversion to float: its colour ops (posterize, solarize, equalize, ...) are defined
+       on 0..255 integers.  After the crop: cheaper (32x32, not 36x36), and the geometric ops then act
+       on the frame the network sees.
     5. ``normalise`` to float32 with the training-set mean/std: (x/255 - mean) / std.
     6. ``erasing``  torchvision ``RandomErasing`` semantics on the normalised tensor: with probability
        ``erasing_p`` one rectangle with area fraction in ``erasing_scale`` and aspect ratio (log-uniform)
        in ``erasing_ratio`` is filled with ``erasing_value`` (0 = the dataset mean after normalisation).
-       After normalisation, as in torchvision, where RandomErasing follows ToTensor/Normalize.
     7. ``channels`` 1 -> 3 by repetition when ``channels == 3`` (for ImageNet-style backbones).
     8. ``cutmix`` / ``mixup`` on the whole batch, with per-sample partners: produces soft targets.
        Last, because they mix finished samples and their labels.
     """
 
-    backend: str = opt("native", 'augmentation backend: native | kornia | dali')
+    backend: str = opt("native", f"augmentation backend: {' | '.join(BACKENDS)}")
     resize: int = opt(36, 'resize 28 -> N pixels first (bilinear; 0 = keep 28)')
     crop: int = opt(32, 'random crop size in pixels (0 = no crop)')
     flip_p: float = opt(0.5, 'horizontal flip probability')
-    autoaugment: str = opt("cifar10", 'AutoAugment policy, one sub-policy per sample: none | cifar10 | imagenet | svhn')
+    autoaugment: str = opt("cifar10", f"AutoAugment policy, one sub-policy per sample: "
+                                        f"{' | '.join(AUTOAUGMENT_POLICIES)}")
     erasing_p: float = opt(0.5, 'random erasing probability (torchvision RandomErasing)')
     erasing_scale: tuple[float, float] = opt((0.02, 0.33), 'erased area as a fraction of the image: [lo, hi]')
     erasing_ratio: tuple[float, float] = opt((0.3, 3.3), 'erased box aspect ratio h/w, drawn log-uniformly: [lo, hi]')
@@ -298,7 +269,6 @@ class AugConfig:
     num_classes: int = opt(10, 'number of classes of the soft targets')
 
     def validate(self) -> None:
-        """Raise ConfigError naming the offending option."""
         def bad(name, why):
             raise ConfigError(f"aug.{name}: {why}")
 
@@ -373,38 +343,37 @@ class Config:
         self.log.validate()
         return self
 
-    # ------------------------------------------------------------------ conversions
-
     def to_dict(self) -> dict:
         """Plain nested dict (tuples as lists): what ``config.yaml`` and checkpoints hold."""
-        return _plain(dataclasses.asdict(self))
+        return configio.plain(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Config":
         """Build from a nested dict, checking every key and value; raises :class:`ConfigError`."""
-        return _build(cls, d, "").validate()
+        return configio.build(cls, d).validate()
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: Sequence[str] = ()) -> "Config":
-        """Defaults <- YAML file ``path`` <- ``overrides`` (``["--optim.lr", "1e-3", ...]``).
+        """Defaults <- YAML file or preset ``path`` <- ``overrides`` (``["--optim.lr", "1e-3", ...]``).
 
         ``name`` defaults to the YAML file's stem (``configs/cpu.yaml`` -> ``cpu``).
         """
         d = {}
         if path is not None:
-            d = read_yaml(path)
-            d.setdefault("name", resolve_config_path(path).stem)
-        for key, value in parse_overrides(overrides):
+            path = resolve_config_path(path)
+            d = configio.read_yaml(path, f" (a preset name is one of {', '.join(preset_names())})")
+            d.setdefault("name", path.stem)
+        for key, value in configio.parse_overrides(cls, overrides):
             if key == "name" and value == "":
                 raise ConfigError("name: must not be empty (leave --name out for the preset's name)")
-            _set_dotted(d, key, value)
+            configio.set_dotted(d, key, value)
         return cls.from_dict(d)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.dump())
 
     def dump(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return configio.dump_yaml(self.to_dict())
 
 
 def preset_names() -> list[str]:
@@ -420,233 +389,16 @@ def resolve_config_path(name: str | Path) -> Path:
     return preset if preset.is_file() else path
 
 
-def read_yaml(path: str | Path) -> dict:
-    path = resolve_config_path(path)
-    try:
-        d = yaml.load(path.read_text(encoding="utf-8"), Loader=_Yaml12Loader)
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path}: not found (a preset name is one of "
-                          f"{', '.join(preset_names())})") from None
-    except IsADirectoryError:
-        raise ConfigError(f"config file {path}: is a folder, not a YAML file") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"config file {path}: not a text file (is it a checkpoint or an image?)") from None
-    except OSError as e:
-        raise ConfigError(f"config file {path}: cannot be read ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path}: not valid YAML ({e})") from None
-    if d is None:
-        return {}
-    if not isinstance(d, dict):
-        raise ConfigError(f"config file {path}: must hold a mapping of sections, got {type(d).__name__}")
-    return d
-
-
-# ---------------------------------------------------------------------- keys and values
-
-def _hints(cls) -> dict:
-    return typing.get_type_hints(cls)
-
-
-def _is_section(tp) -> bool:
-    return dataclasses.is_dataclass(tp)
-
-
-def all_keys(cls=Config, prefix: str = "") -> dict[str, dataclasses.Field]:
-    """Every leaf key as ``{"section.key": field}``, in declaration order."""
-    out = {}
-    hints = _hints(cls)
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        if _is_section(tp):
-            out.update(all_keys(tp, f"{prefix}{f.name}."))
-        else:
-            out[f"{prefix}{f.name}"] = f
-    return out
-
-
-def _unknown(key: str, candidates: list[str]) -> ConfigError:
-    section, _, leaf = key.rpartition(".")
-    hints = _hints(Config)
-    replaced = getattr(hints.get(section), "replaced", {}) if section in hints else {}
-    if leaf in replaced:
-        return ConfigError(f"{key}: replaced by {section}.{replaced[leaf]}")
-    close = difflib.get_close_matches(key, candidates, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return ConfigError(f"{key}: unknown key{hint}")
-
-
-def _build(cls, d, prefix: str):
-    if not isinstance(d, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: must be a mapping, got {d!r}")
-    hints = _hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in d.items():
-        dotted = f"{prefix}{key}"
-        if key not in names:
-            raise _unknown(dotted, [f"{prefix}{n}" for n in names])
-        tp = hints[key]
-        kwargs[key] = _build(tp, value, f"{dotted}.") if _is_section(tp) else _coerce(value, tp, dotted)
-    return cls(**kwargs)
-
-
-def _coerce(value, tp, key: str):
-    """``value`` (from YAML or the CLI) as type ``tp``, or :class:`ConfigError` naming ``key``.
-
-    Strings that spell numbers are accepted for numeric keys: PyYAML reads ``3e-4`` (no dot) as a
-    string, and the CLI hands over strings.
-    """
-    def bad(why: str):
-        return ConfigError(f"{key}: {why}, got {value!r} ({type(value).__name__})")
-
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, (str, int)) and str(value).lower() in _TRUE | _FALSE:
-            return str(value).lower() in _TRUE
-        raise bad("expected true or false")
-    if tp is int:
-        if isinstance(value, bool):
-            raise bad("expected an integer")
-        if isinstance(value, int):
-            return value
-        try:
-            f = float(value)
-        except (TypeError, ValueError):
-            raise bad("expected an integer") from None
-        if not f.is_integer():       # also nan and inf
-            raise bad("expected an integer")
-        return int(f)
-    if tp is float:
-        if isinstance(value, bool):
-            raise bad("expected a number")
-        try:
-            f = float(value)
-        except (TypeError, ValueError):
-            raise bad("expected a number") from None
-        if not math.isfinite(f):       # nan/inf would pass every range check below
-            raise bad("expected a finite number")
-        return f
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise bad("expected a string")
-    if typing.get_origin(tp) is tuple:
-        args = typing.get_args(tp)
-        if isinstance(value, str):
-            value = [v for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise bad(f"expected a list of {len(args)} values")
-        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
-    raise TypeError(f"{key}: config type {tp} is not supported")  # a programming error, not a user one
-
-
-def _plain(obj):
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
-
-
-def resolve_key(key: str) -> str:
-    """``--epochs`` -> ``train.epochs``; dotted keys are checked; :class:`ConfigError` otherwise."""
-    key = key.replace("-", "_")
-    keys = all_keys()
-    if key in keys:
-        return key
-    if "." not in key:
-        owners = [k for k in keys if k.split(".")[-1] == key]
-        if len(owners) == 1:
-            return owners[0]
-        if len(owners) > 1:
-            raise ConfigError(f"{key}: ambiguous, say which: {', '.join('--' + k for k in owners)}")
-    raise _unknown(key, list(keys))
-
-
-def parse_overrides(tokens: Sequence[str]) -> list[tuple[str, object]]:
-    """``["--optim.lr", "1e-3", "--epochs=3"]`` -> ``[("optim.lr", 0.001), ("train.epochs", 3)]``.
-
-    Values are read as YAML scalars (``true``, ``3``, ``[0.1, 0.2]``) and checked later against the
-    key's type.
-    """
-    out, i = [], 0
-    while i < len(tokens):
-        tok = tokens[i]
-        if not tok.startswith("--") or tok == "--":
-            raise ConfigError(f"{tok}: expected an option --section.key VALUE")
-        if "=" in tok:
-            key, raw = tok[2:].split("=", 1)
-            i += 1
-        else:
-            if i + 1 >= len(tokens) or tokens[i + 1].startswith("--"):
-                raise ConfigError(f"{resolve_key(tok[2:])}: missing value after {tok}")
-            key, raw = tok[2:], tokens[i + 1]
-            i += 2
-        key = resolve_key(key)
-        try:
-            value = yaml.load(raw, Loader=_Yaml12Loader)
-        except yaml.YAMLError:
-            value = raw
-        out.append((key, "" if value is None else value))
-    return out
-
-
-def _set_dotted(d: dict, key: str, value) -> None:
-    *sections, leaf = key.split(".")
-    for s in sections:
-        node = d.setdefault(s, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"{s}: must be a mapping, got {node!r}")
-        d = node
-    d[leaf] = value
-
-
-def keys_help() -> str:
-    """One line per key: ``--section.key TYPE (default) help``, for ``--help``."""
-    defaults = _plain(dataclasses.asdict(Config()))
-    lines = []
-    for key, f in all_keys().items():
-        value = defaults
-        for part in key.split("."):
-            value = value[part]
-        tp = _type_name(_field_type(key))
-        help_text = f.metadata.get("help", "")
-        lines.append(f"  --{key} {tp} (default: {value!r}){'  ' + help_text if help_text else ''}")
-    return "\n".join(lines)
-
-
-def _field_type(key: str):
-    cls = Config
-    *sections, leaf = key.split(".")
-    for s in sections:
-        cls = _hints(cls)[s]
-    return _hints(cls)[leaf]
-
-
-def _type_name(tp) -> str:
-    if typing.get_origin(tp) is tuple:
-        return ",".join(a.__name__.upper() for a in typing.get_args(tp))
-    return tp.__name__.upper()
-
-
 def default_preset() -> Path:
-    """The preset used without ``--config``: ``configs/fast.yaml`` where CUDA is available, else
-    ``configs/cpu.yaml``."""
+    """The preset used without ``--config``: ``fast`` where CUDA is available, else ``cpu``."""
     import torch  # here, not at the top: reading a config must not need torch
 
     return PRESETS / ("fast.yaml" if torch.cuda.is_available() else "cpu.yaml")
 
 
 def arg_parser(description: str) -> argparse.ArgumentParser:
-    """The command line shared by the scripts: ``--config FILE`` plus, after
-    ``parse_known_args``, any ``--section.key VALUE`` overrides (listed by ``--help``)."""
-    parser = argparse.ArgumentParser(
-        description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="config keys (override any with --section.key VALUE; a bare --key when unambiguous):\n"
-               + keys_help())
-    parser.add_argument("--config", metavar="FILE",
-                        help=f"YAML file, or a preset by name ({', '.join(preset_names())}; default: fast "
-                             f"with CUDA, cpu without)")
-    return parser
+    """The scripts' command line: ``--config FILE`` and, listed in ``--help``, every key of
+    :class:`Config` as a ``--section.key VALUE`` override (what ``parse_known_args`` leaves over)."""
+    return configio.arg_parser(Config, description,
+                               f"YAML file, or a preset by name ({', '.join(preset_names())}; default: "
+                               f"fast with CUDA, cpu without)")

@@ -1,13 +1,12 @@
 """Everything distributed lives here: torchrun initialisation, the DDP wrap, reductions.
 
-Launch with ``torchrun --nproc_per_node=N scripts/train.py ...`` (several nodes: add
-``--nnodes``, ``--node_rank`` / ``--rdzv_backend=c10d --rdzv_endpoint=HOST:PORT``).  Without torchrun
-the same code runs as a world of one, with no process group.
+Launch with ``torchrun --nproc_per_node=N scripts/train.py ...``; without torchrun the same code
+runs as a world of one, with no process group.  Backends: NCCL on CUDA (one GPU per process, chosen
+by ``LOCAL_RANK``), gloo on CPU.
 
-Backends: NCCL on CUDA (one GPU per process, chosen by ``LOCAL_RANK``), gloo on CPU.
-SyncBatchNorm: converted before the DDP wrap on CUDA.  torch's ``SyncBatchNorm`` has no CPU
-implementation, so CPU runs keep per-rank BatchNorm statistics (each rank normalises with its own
-batch, as plain DDP does) — documented, and the reason CPU multi-process runs are for testing only.
+SyncBatchNorm on CUDA only: torch's has no CPU implementation, so CPU runs keep per-rank BatchNorm
+statistics (each rank normalises with its own batch, as plain DDP does), which is why CPU
+multi-process runs are for testing only.
 """
 
 from __future__ import annotations
@@ -132,7 +131,7 @@ def _restart_safe_store(rank: int, world: int, timeout: datetime.timedelta):
     previous round and fail to connect (torch issue #135712).  On one node every worker has the same
     ``TORCHELASTIC_RESTART_COUNT``, which then namespaces the keys per round.  Across nodes the
     counts can differ (a node that only follows a restart does not count it), so there the fix is
-    torch's own switch, ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` on every node (the README says so).
+    torch's own switch, ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` on every node.
     """
     env = os.environ
     if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or int(env.get("TORCHELASTIC_MAX_RESTARTS", "0")) < 1:
@@ -149,28 +148,22 @@ def _restart_safe_store(rank: int, world: int, timeout: datetime.timedelta):
 
 
 def convert_sync_bn(model: torch.nn.Module, info: DistInfo, enabled: bool = True) -> torch.nn.Module:
-    """BatchNorm -> SyncBatchNorm for multi-GPU CUDA runs (first step of model set-up).
-
-    Order of model set-up: ``convert_sync_bn`` -> :func:`wrap_ddp` -> ``torch.compile``.  A world of
-    one, or CPU (no SyncBatchNorm kernel there), gets the model back unchanged.
-    """
+    """BatchNorm -> SyncBatchNorm for multi-GPU CUDA runs; a world of one, or CPU, gets the model back
+    unchanged.  Model set-up order: ``convert_sync_bn`` -> :func:`wrap_ddp` -> ``torch.compile``."""
     if enabled and info.distributed and info.device.type == "cuda":
         return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model
 
 
 def wrap_ddp(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
-    """The DDP wrap, before ``torch.compile``; a world of one gets the model back as is.
+    """The DDP wrap, before ``torch.compile``; a world of one gets the model back as is.  Keep a
+    reference to the unwrapped (uncompiled) model for checkpoints and evaluation.
 
     Why DDP first, then compile (``torch.compile(DDP(model))``, PyTorch's documented order): Dynamo
     compiles the model's frames while DDP's forward is active, and then its DDPOptimizer splits the
     graph at DDP's gradient-bucket boundaries (``bucket_cap_mb``), so each bucket's all-reduce is
     launched as soon as its gradients exist and overlaps the rest of backward.  One unsplit graph
     would produce every gradient at its very end and serialise communication after backward.
-    (torch 2.14 also engages DDPOptimizer for ``DDP(torch.compile(model))``, because the compiled
-    frame runs inside DDP's forward, but only the documented order is promised to.)
-
-    Keep a reference to the unwrapped (uncompiled) model for checkpoints and evaluation.
     """
     if not info.distributed:
         return model

@@ -23,10 +23,9 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """Open a binary file that takes the name ``path`` only if the ``with`` block completes.
 
     The data go to a hidden temporary file in the same folder (so that ``os.replace`` is an atomic
-    rename), which is fsynced and then renamed over ``path``.  On any exception (including
-    KeyboardInterrupt, and an OSError such as a full disk while writing, flushing or renaming) the
-    temporary file is removed, ``path`` is left as it was and the exception propagates unchanged,
-    even if removing the temporary file fails too.
+    rename), fsynced, then renamed over ``path``.  On any exception (KeyboardInterrupt included, or a
+    full disk while writing, flushing or renaming) the temporary file is removed, ``path`` is left as
+    it was and the exception propagates unchanged.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="replace --plot / --json files that exist")
     args = parser.parse_args(argv)
 
-    from fastfm.engine import compare   # after parsing: --help and usage errors need no torch
+    from fastfm.engine.outputs import compare   # after parsing: --help and usage errors need no torch
 
     compare.check_outputs({"--plot": args.plot, "--json": args.json}, args.force)
     runs = [compare.load_run(d, warn=lambda msg: print(msg, file=sys.stderr)) for d in args.runs]

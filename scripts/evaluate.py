@@ -8,7 +8,8 @@ The checkpoint holds the resolved config and every weight, so the model and the 
 rebuilt from it alone (a --model.pretrained file the run started from is not needed).
 Prints the figures (and per-class accuracy); --json writes them to a file as well, with the keys of
 a run's summary.json (the test figures of this evaluation; the training run's figures from the
-checkpoint and the metrics.jsonl beside it, null where neither has them: see fastfm/engine/summary.py).
+checkpoint and the metrics.jsonl beside it, null where neither has them: see
+fastfm/engine/outputs/summary.py).
 Exit status: 0, or 2 with one "error: ..." line: a bad option (--batch-size < 1, an unknown or absent
 --device, a --json file that cannot be written: all checked before anything is read), a missing,
 unreadable or incomplete checkpoint, weights that do not fit its config or hold NaN/inf, missing data.
@@ -31,7 +32,7 @@ except ImportError:
 
 from fastfm.cli import run_script  # noqa: E402
 from fastfm.distributed import cleanup  # noqa: E402
-from fastfm.engine.evaluate import evaluate_checkpoint  # noqa: E402
+from fastfm.engine.checkpoint import evaluate_checkpoint  # noqa: E402
 from fastfm.files import OutputPathError, check_writable  # noqa: E402
 
 

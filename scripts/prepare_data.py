@@ -44,5 +44,6 @@ def main(argv: list[str] | None = None) -> int:
         raise DataError(str(e)) from None
     return 0
 
+
 if __name__ == "__main__":
     sys.exit(run_script(main))

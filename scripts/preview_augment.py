@@ -4,7 +4,7 @@
                                       [--config configs/X.yaml] [--aug.KEY VALUE ...]
 
 The augmentation is the default recipe, or the ``aug`` section of ``--config``, changed by any
-``--aug.KEY VALUE`` override (the same keys as scripts/train.py; see fastfm/augment/config.py).
+``--aug.KEY VALUE`` override (the same keys as scripts/train.py: :class:`fastfm.config.AugConfig`).
 A backend whose dependency is missing is reported and left out of the grid.  Bad options (--n or
 --rows below 1, an unknown or absent --device, an --out that cannot be written, a bad --aug.KEY)
 give one ``error: ...`` line and exit status 2 before any image is read.
@@ -20,10 +20,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv=None) -> int:
+    from fastfm.config import BACKENDS, Config, ConfigError
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 epilog="Other --aug.KEY VALUE options override the augmentation.")
-    p.add_argument("--backend", nargs="+", default=["native", "kornia", "dali"],
-                   choices=["native", "kornia", "dali"])
+    p.add_argument("--backend", nargs="+", default=list(BACKENDS), choices=list(BACKENDS))
     p.add_argument("--out", type=Path, default=Path("grid.png"))
     p.add_argument("--config", type=Path, default=None, help="take the aug section of this preset")
     p.add_argument("--data", default="data", help="dataset root (default ./data)")
@@ -34,7 +35,6 @@ def main(argv=None) -> int:
     args, overrides = p.parse_known_args(argv)
 
     from fastfm.augment.preview import preview
-    from fastfm.config import Config, ConfigError
 
     if any(tok.startswith("--") and not tok.startswith("--aug.") for tok in overrides):
         raise ConfigError(f"only --aug.KEY overrides are accepted here, got {overrides}")

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from fastfm.config import Config
-from fastfm.engine.run import StopSignal
-from fastfm.engine.state import load_checkpoint
+from fastfm.engine.checkpoint import load_checkpoint
+from fastfm.engine.signals import StopSignal
 
 REPO = Path(__file__).resolve().parents[1]
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))

@@ -1,7 +1,7 @@
 """The layout is the architecture: these tests keep it so.
 
 * Dependencies point down: data -> augment -> engine -> bench (and the scripts' cli on top); the
-  neutral modules (config, files, runinfo, distributed) import none of the layers above them.
+  neutral modules (config, configio, files, runinfo, distributed) import none of the layers.
 * Reading and validating a config needs no torch.
 * The presets ship as package data: a non-editable install finds them by name from any folder.
 """
@@ -9,20 +9,19 @@
 from __future__ import annotations
 
 import ast
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import REPO, run_script
 
-REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "fastfm"
 
 # For each part of the package: the parts it must never import.  (Everything may import the
-# neutral modules: fastfm.config, fastfm.files, fastfm.runinfo, fastfm.distributed.)
-NEUTRAL = ("fastfm.config", "fastfm.files", "fastfm.runinfo", "fastfm.distributed")
+# neutral modules.)
+NEUTRAL = ("fastfm.config", "fastfm.configio", "fastfm.files", "fastfm.runinfo", "fastfm.distributed")
 FORBIDDEN = {
     "fastfm.data": ("fastfm.augment", "fastfm.models", "fastfm.engine", "fastfm.bench", "fastfm.cli"),
     "fastfm.augment": ("fastfm.models", "fastfm.engine", "fastfm.bench", "fastfm.cli"),
@@ -33,6 +32,8 @@ FORBIDDEN = {
     **{m: ("fastfm.data", "fastfm.augment", "fastfm.models", "fastfm.engine", "fastfm.bench", "fastfm.cli")
        for m in NEUTRAL},
 }
+# configio reads any schema of dataclasses and knows none of fastfm's: config imports it, never the reverse.
+FORBIDDEN["fastfm.configio"] += ("fastfm.config",)
 
 
 def module_name(path: Path) -> str:
@@ -92,17 +93,20 @@ def test_dependencies_point_down():
     ("fastfm.data.resident", "from ..augment.base import normalise", "fastfm.augment.base"),
     ("fastfm.augment", "from ..engine import run", "fastfm.engine"),
     ("fastfm.config", "from .augment.base import Augmenter", "fastfm.augment.base"),
+    ("fastfm.configio", "from .engine.run import train", "fastfm.engine.run"),
+    ("fastfm.configio", "from .config import Config", "fastfm.config"),
 ])
 def test_the_rule_catches_an_upward_import(name, source, bad):
     is_package = name == "fastfm.augment"
     assert f"{name} imports {bad}" in violations(name, imports_in(source, name, is_package))
 
 
-def _without_torch(code: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run ``code`` with ``import torch`` made to fail (as on a machine without torch)."""
-    prelude = "import sys; sys.modules['torch'] = None\n"
-    return subprocess.run([sys.executable, "-c", prelude + code], cwd=cwd, capture_output=True, text=True,
-                          timeout=120, env={**os.environ, **(env or {})})
+NO_TORCH = "import sys; sys.modules['torch'] = None\n"     # as on a machine without torch
+
+
+def _without_torch(code: str) -> subprocess.CompletedProcess:
+    """Run ``code`` with ``import torch`` made to fail."""
+    return run_script("-c", NO_TORCH + code, timeout=120)
 
 
 def test_reading_a_config_needs_no_torch():
@@ -114,9 +118,7 @@ def test_reading_a_config_needs_no_torch():
 
 
 def test_a_mistyped_option_is_reported_without_torch():
-    r = _without_torch("import runpy, sys\n"
-                       "sys.argv = ['scripts/train.py', '--config', 'cpu', '--optim.lrr', '1']\n"
-                       "runpy.run_path('scripts/train.py', run_name='__main__')")
+    r = run_script("scripts/train.py", "--config", "cpu", "--optim.lrr", "1", prelude=NO_TORCH, timeout=120)
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip() == "error: optim.lrr: unknown key (did you mean 'optim.lr'?)"
 
@@ -134,16 +136,14 @@ def test_presets_ship_with_a_non_editable_install(tmp_path, data_root):
     assert (site / "fastfm" / "configs" / "fast.yaml").is_file()
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(site)}
-    check = subprocess.run([sys.executable, "-c", "import fastfm.config as c; print(c.PRESETS)"], cwd=elsewhere,
-                           capture_output=True, text=True, env=env, timeout=60)
+    env = {"PYTHONPATH": str(site)}
+    check = run_script("-c", "import fastfm.config as c; print(c.PRESETS)", cwd=elsewhere, env=env, timeout=60)
     assert check.stdout.strip() == str(site / "fastfm" / "configs"), check.stderr
-    r = subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), "--config", "fast",
-                        "--train.device", "cpu", "--train.compile_mode", "none", "--train.precision", "fp32",
-                        "--model.depth", "10", "--model.width", "1", "--aug.autoaugment", "none",
-                        "--epochs", "1", "--train.batch_size", "128", "--data.root", str(data_root),
-                        "--data.train_limit", "256", "--data.test_limit", "100", "--eval.tta", "false",
-                        "--train.progress", "false", "--out_dir", "runs"],
-                       cwd=elsewhere, capture_output=True, text=True, env=env, timeout=300)
+    r = run_script(REPO / "scripts" / "train.py", "--config", "fast",
+                   "--train.device", "cpu", "--train.compile_mode", "none", "--train.precision", "fp32",
+                   "--model.depth", "10", "--model.width", "1", "--aug.autoaugment", "none",
+                   "--epochs", "1", "--train.batch_size", "128", "--data.root", data_root,
+                   "--data.train_limit", "256", "--data.test_limit", "100", "--eval.tta", "false",
+                   "--train.progress", "false", "--out_dir", "runs", cwd=elsewhere, env=env)
     assert r.returncode == 0, r.stderr
     assert (elsewhere / "runs" / "fast" / "summary.json").is_file()

@@ -22,8 +22,9 @@ import pytest
 import torch
 from torchvision.transforms import RandomErasing
 
-from fastfm.augment import _BACKENDS, BACKENDS, AugConfig, create_augmenter
-from fastfm.augment.base import Augmenter, normalise, resize_bilinear
+from fastfm.augment import BACKENDS, AugConfig, create_augmenter
+from fastfm.augment.base import (DALI_PIPELINE_STREAM, KORNIA_STREAM, MIX_STREAM, Augmenter,
+                                 CounterSeeded, normalise, resize_bilinear)
 from fastfm.augment.erasing import draw_erasing_boxes
 from fastfm.augment.mix import draw_cutmix_boxes, sample_beta
 
@@ -37,7 +38,7 @@ pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 def _require(name: str) -> None:
     """Skip only while the backend's module itself does not exist (being written in parallel)."""
-    module_name = _BACKENDS[name][0]
+    module_name = BACKENDS[name][0].split(":")[0]
     try:
         importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -121,12 +122,21 @@ def test_template_is_written_once(make):
     """Checks, mix and finish, the test transform and the tagged state live in the base class only:
     a backend implements its own ops and its own state, nothing else of the contract."""
     cls = type(make())
-    for method in ("__call__", "check_input", "test_transform", "op_range", "state_dict",
-                   "load_state_dict"):
+    for method in ("__call__", "_mix_and_finish", "check_input", "test_transform", "op_range",
+                   "state_dict", "load_state_dict"):
         assert getattr(cls, method) is getattr(Augmenter, method), method
     for method in ("_augment", "_state_dict", "_load_state_dict"):
         assert getattr(cls, method) is not getattr(Augmenter, method), method
-    assert not hasattr(cls, "eval")                             # renamed to test_transform
+    assert not hasattr(cls, "eval")                             # would read as nn.Module.eval
+    if make.backend in ("kornia", "dali"):                      # library-owned RNGs: counter seeding
+        assert issubclass(cls, CounterSeeded)
+        assert {"seed", "batches"} <= set(make(seed=3).state_dict())
+
+
+def test_stream_ids_are_distinct_and_fixed():
+    """The counter-seeded stream ids are part of the checkpoint format (a state holds only the seed
+    and the batch counter): distinct, and unchanged so that saved runs resume on the same streams."""
+    assert (MIX_STREAM, KORNIA_STREAM, DALI_PIPELINE_STREAM) == (0x313C, 0xC0A1, 0xDA11)
 
 
 def test_pipeline_without_ops_is_the_reference(make, real_images):
@@ -455,8 +465,8 @@ def _cutmix_reference(alpha: float, n: int, h: int, w: int, rng: np.random.Gener
 @pytest.mark.parametrize("alpha", [1.0, 0.2])
 def test_cutmix_boxes_follow_the_standard_formula(alpha):
     """Box area fraction, height and width: means agree with the reference formula within 4
-    standard errors.  That tolerance is well under 1% of the mean area, so the previous boxes
-    (continuous centre, rounded edges; ~7% larger on average) would fail here."""
+    standard errors.  That tolerance is well under 1% of the mean area, so boxes from a nearby
+    formula (e.g. a continuous centre with rounded edges) fail here."""
     h, w = 28, 32                                               # unequal sides catch a swapped axis
     n, n_ref = 400_000, 1_000_000
     y0, y1, x0, x1 = (t.numpy() for t in

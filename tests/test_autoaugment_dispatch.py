@@ -1,8 +1,8 @@
-"""The two dispatch strategies of :class:`fastfm.augment.autoaugment.BatchAutoAugment` agree bit for bit.
+"""The two dispatches of :class:`fastfm.augment.autoaugment.BatchAutoAugment` agree bit for bit.
 
-``masked`` (every op group on the whole batch, selected per sample with ``torch.where``; used on CUDA,
-no host syncs) and ``grouped`` (samples sorted by op group, each op run only on its group; used on
-the CPU) must consume the generator identically and return identical tensors, for every policy.
+``masked`` (every stage on the whole batch, no host syncs; CUDA) and ``grouped`` (each op only on
+the samples that drew it; CPU) must consume the generator identically and return identical tensors,
+for every policy.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import fastfm.augment.autoaugment as A
+from fastfm.augment.autoaugment import BatchAutoAugment
+from fastfm.augment.autoaugment_ops import NUM_BINS, OP, OPS, POLICIES, SIGNED
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -22,26 +23,28 @@ def _one_intra_op_thread():
 
 
 @pytest.fixture(scope="module")
-def batches(real_images):
-    """Real images at 32x32 (what AutoAugment sees in the pipeline), 1 and 3 channels."""
+def images(real_images):
+    """Real images at 32x32 (what AutoAugment sees in the pipeline)."""
     x = real_images[0][:256].float()
     x = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
-    x = x.round().clamp(0, 255).to(torch.uint8)
-    rgb = torch.cat([x, x.flip(-1), x.flip(-2)], dim=1)      # 3 different channels
-    return {1: x, 3: rgb}
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
+def masked_slot(aa, x, op, bins, negative):
+    """:meth:`BatchAutoAugment.masked_slot` on uint8 (B, 1, H, W) images, every op present."""
+    b, _, h, w = x.shape
+    return aa.masked_slot(x.reshape(b, h * w).long(), op, bins, negative, h, w).to(torch.uint8).view_as(x)
 
 
 def _run(policy: str, dispatch: str, images: torch.Tensor, seed: int):
-    aa = A.BatchAutoAugment(policy, "cpu", dispatch=dispatch)
+    aa = BatchAutoAugment(policy, "cpu", dispatch=dispatch)
     g = torch.Generator().manual_seed(seed)
     out = aa(images, g)
     return out, g.get_state()
 
 
-@pytest.mark.parametrize("channels", [1, 3])
-@pytest.mark.parametrize("policy", sorted(A.POLICIES))
-def test_grouped_equals_masked(batches, policy, channels):
-    images = batches[channels]
+@pytest.mark.parametrize("policy", sorted(POLICIES))
+def test_grouped_equals_masked(images, policy):
     before = images.clone()
     for seed in (0, 1, 2, 12345):
         masked, state_m = _run(policy, "masked", images, seed)
@@ -53,38 +56,38 @@ def test_grouped_equals_masked(batches, policy, channels):
     assert torch.equal(images, before), "input modified in place"
 
 
-@pytest.mark.parametrize("policy", sorted(A.POLICIES))
-def test_grouped_equals_masked_every_group_forced(batches, policy):
-    """Every op of the policy's slots, at every bin and sign, through apply_slot of both strategies."""
-    x = batches[1][:64]
-    aa_m = A.BatchAutoAugment(policy, "cpu", dispatch="masked")
-    aa_g = A.BatchAutoAugment(policy, "cpu", dispatch="grouped")
+@pytest.mark.parametrize("policy", sorted(POLICIES))
+def test_grouped_equals_masked_every_group_forced(images, policy):
+    """Every op, at random bins and signs, mixed with others, through one slot of both dispatches."""
+    x = images[:64]
+    aa_m = BatchAutoAugment(policy, "cpu", dispatch="masked")
+    aa_g = BatchAutoAugment(policy, "cpu", dispatch="grouped")
     g = torch.Generator().manual_seed(7)
-    for name in A.OPS:
-        op = torch.full((64,), A.OP[name])
+    for name in OPS:
+        op = torch.full((64,), OP[name])
         op[::3] = 0                                              # mix in identity samples
-        op[1::5] = A.OP["Equalize"]
-        bins = torch.randint(0, A.NUM_BINS, (64,), generator=g)
+        op[1::5] = OP["Equalize"]
+        bins = torch.randint(0, NUM_BINS, (64,), generator=g)
         neg = torch.randint(0, 2, (64,), generator=g) * aa_m.signed[op].long()
-        m = aa_m.apply_slot(x, op, bins, neg)
-        gr = aa_g.apply_slot_grouped(x, op, bins, neg)
+        m = masked_slot(aa_m, x, op, bins, neg)
+        gr = aa_g.grouped_slot(x, op, bins, neg)
         assert torch.equal(m, gr), name
 
 
-def test_auto_dispatch_and_validation(batches):
-    x = batches[1][:32]
-    outs = [A.BatchAutoAugment("cifar10", "cpu", dispatch=d)(x, torch.Generator().manual_seed(3))
+def test_auto_dispatch_and_validation(images):
+    x = images[:32]
+    outs = [BatchAutoAugment("cifar10", "cpu", dispatch=d)(x, torch.Generator().manual_seed(3))
             for d in ("auto", "grouped")]
     assert torch.equal(outs[0], outs[1])
     with pytest.raises(ValueError):
-        A.BatchAutoAugment("cifar10", "cpu", dispatch="nope")
+        BatchAutoAugment("cifar10", "cpu", dispatch="nope")
 
 
-def test_grouped_all_identity_returns_input_unchanged(batches):
-    x = batches[1][:16]
-    aa = A.BatchAutoAugment("cifar10", "cpu", dispatch="grouped")
+def test_grouped_all_identity_returns_input_unchanged(images):
+    x = images[:16]
+    aa = BatchAutoAugment("cifar10", "cpu", dispatch="grouped")
     z = torch.zeros(16, dtype=torch.long)
-    assert torch.equal(aa.apply_slot_grouped(x, z, z, z), x)
+    assert torch.equal(aa.grouped_slot(x, z, z, z), x)
 
 
 def _edge_images(h: int, w: int) -> torch.Tensor:
@@ -113,21 +116,20 @@ def _edge_images(h: int, w: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("size", [(32, 32), (24, 32), (5, 3), (2, 2)])
 @pytest.mark.slow
-def test_masked_one_channel_path_edge_cases(size):
-    """The 1-channel masked path (per-size lookup tables, one pixel gather per stage) against the
-    grouped dispatch (the per-op kernels) on edge-case images, every (op, bin, sign), odd sizes, and
-    a batch of one."""
+def test_masked_path_edge_cases(size):
+    """The masked dispatch (per-size tables, one pixel gather per stage) against the grouped one
+    (the per-op kernels) on edge-case images, every (op, bin, sign), odd sizes, and a batch of one."""
     x = _edge_images(*size)
     n = len(x)
-    aa_m = A.BatchAutoAugment("cifar10", "cpu", dispatch="masked")
-    aa_g = A.BatchAutoAugment("cifar10", "cpu", dispatch="grouped")
-    for name in A.OPS:
-        for b in range(A.NUM_BINS):
-            for neg in ((0, 1) if name in A.SIGNED else (0,)):
-                op = torch.full((n,), A.OP[name])
+    aa_m = BatchAutoAugment("cifar10", "cpu", dispatch="masked")
+    aa_g = BatchAutoAugment("cifar10", "cpu", dispatch="grouped")
+    for name in OPS:
+        for b in range(NUM_BINS):
+            for neg in ((0, 1) if name in SIGNED else (0,)):
+                op = torch.full((n,), OP[name])
                 bins, negs = torch.full((n,), b), torch.full((n,), neg)
-                m = aa_m.apply_slot(x, op, bins, negs)
-                assert torch.equal(m, aa_g.apply_slot_grouped(x, op, bins, negs)), (name, b, neg)
-                assert torch.equal(aa_m.apply_slot(x[:1], op[:1], bins[:1], negs[:1]), m[:1]), name
+                m = masked_slot(aa_m, x, op, bins, negs)
+                assert torch.equal(m, aa_g.grouped_slot(x, op, bins, negs)), (name, b, neg)
+                assert torch.equal(masked_slot(aa_m, x[:1], op[:1], bins[:1], negs[:1]), m[:1]), name
     op, bins, neg = aa_m.draw(n, torch.Generator().manual_seed(4))
     assert torch.equal(aa_m.apply(x, (op, bins, neg)), aa_g.apply(x, (op, bins, neg)))

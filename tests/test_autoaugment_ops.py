@@ -1,10 +1,11 @@
-"""The batched AutoAugment of :mod:`fastfm.augment.autoaugment` against torchvision.
+"""The AutoAugment kernels of :mod:`fastfm.augment.autoaugment_ops` and the batched policy of
+:mod:`fastfm.augment.autoaugment` against torchvision.
 
 * policy tables and magnitude bins are torchvision's;
 * every op, at every magnitude bin and sign, matches ``torchvision.transforms.v2.functional`` called
   with the arguments torchvision's AutoAugment passes (the reference itself is checked against
   torchvision's ``AutoAugment._apply_image_or_video_transform``), on real images resized to 32 px;
-* per-sample magnitudes, the fused lookup-table path, the sub-policy draw frequencies, and the whole
+* per-sample magnitudes, one slot of each dispatch, the sub-policy draw frequencies, and the whole
   per-sample policy against a per-sample torchvision loop.
 """
 
@@ -18,7 +19,8 @@ import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import AutoAugment as AutoAugmentV1
 from torchvision.transforms import AutoAugmentPolicy, InterpolationMode, v2
 
-import fastfm.augment.autoaugment as A
+import fastfm.augment.autoaugment_ops as A
+from fastfm.augment.autoaugment import BatchAutoAugment
 
 NEAREST = InterpolationMode.NEAREST
 EXACT = ("Brightness", "Posterize", "Solarize", "AutoContrast", "Equalize", "Invert", "Color")
@@ -199,11 +201,19 @@ def test_equalize_and_autocontrast_edge_cases():
         assert torch.equal(ours(x, op, 0.0), tv_apply(x, op, 0.0)), op
 
 
-def test_fused_slot_equals_direct_ops(u8):
-    """``BatchAutoAugment.apply_slot`` (gathered matrices and tables, one warp, one lookup, one blur
-    per slot) gives exactly the per-op kernels, for every (op, bin, sign), also with every sample of
-    the batch running a different op."""
-    aa = A.BatchAutoAugment("cifar10", "cpu")
+def one_slot(aa: BatchAutoAugment, dispatch: str, x, op, bins, negative):
+    """One slot of ``dispatch`` on uint8 (B, 1, H, W) images, every op present."""
+    if dispatch == "grouped":
+        return aa.grouped_slot(x, op, bins, negative)
+    b, _, h, w = x.shape
+    return aa.masked_slot(x.reshape(b, h * w).long(), op, bins, negative, h, w).to(torch.uint8).view_as(x)
+
+
+@pytest.mark.parametrize("dispatch", ["masked", "grouped"])
+def test_slot_equals_direct_ops(u8, dispatch):
+    """One slot of each dispatch (per-size tables, gathered per sample) gives exactly the per-op
+    kernels, for every (op, bin, sign), also with every sample of the batch running a different op."""
+    aa = BatchAutoAugment("cifar10", "cpu")
     n = len(u8)
     for op in A.OPS[1:]:
         for b in range(A.NUM_BINS):
@@ -211,7 +221,7 @@ def test_fused_slot_equals_direct_ops(u8):
                 ids = torch.full((n,), A.OP[op])
                 bins, negs = torch.full((n,), b), torch.full((n,), neg)
                 m = float(aa.magnitude(ids[:1], bins[:1], negs[:1], 32, 32))
-                got = aa.apply_slot(u8, ids, bins, negs)
+                got = one_slot(aa, dispatch, u8, ids, bins, negs)
                 assert torch.equal(got, ours(u8, op, m)), (op, b, neg)
     # mixed: a random (op, bin, sign) per sample, Identity included
     g = torch.Generator().manual_seed(3)
@@ -219,7 +229,7 @@ def test_fused_slot_equals_direct_ops(u8):
     bins = torch.randint(0, A.NUM_BINS, (n,), generator=g)
     negs = torch.randint(0, 2, (n,), generator=g) * aa.signed[ids].long()
     mags = aa.magnitude(ids, bins, negs, 32, 32)
-    got = aa.apply_slot(u8, ids, bins, negs)
+    got = one_slot(aa, dispatch, u8, ids, bins, negs)
     for i, k in enumerate(ids.tolist()):
         want = u8[i:i + 1] if k == 0 else ours(u8[i:i + 1], A.OPS[k], float(mags[i]))
         assert torch.equal(got[i:i + 1], want), (i, A.OPS[k])
@@ -231,7 +241,7 @@ def test_fused_slot_equals_direct_ops(u8):
 @pytest.mark.parametrize("policy", ["cifar10", "imagenet", "svhn"])
 def test_draw_frequencies(policy):
     """Per slot, P(op) = sum over sub-policies of p / 25; signed ops are negative half the time."""
-    aa = A.BatchAutoAugment(policy, "cpu")
+    aa = BatchAutoAugment(policy, "cpu")
     n = 200_000
     op, bins, neg = aa.draw(n, torch.Generator().manual_seed(1))
     mag = aa.magnitude(op, bins, neg, 32, 32)
@@ -258,7 +268,7 @@ def test_policy_matches_per_sample_torchvision(real_images, policy):
     x = real_images[0][:256].float()
     x = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
     x = x.round().clamp(0, 255).to(torch.uint8)
-    aa = A.BatchAutoAugment(policy, "cpu")
+    aa = BatchAutoAugment(policy, "cpu")
     g = torch.Generator().manual_seed(5)
     state = g.get_state()
     op, bins, neg = aa.draw(len(x), g)
@@ -278,8 +288,11 @@ def test_policy_matches_per_sample_torchvision(real_images, policy):
 
 
 def test_policy_rejects_bad_input():
-    aa = A.BatchAutoAugment("cifar10", "cpu")
+    aa = BatchAutoAugment("cifar10", "cpu")
     with pytest.raises(ValueError, match="uint8"):
         aa(torch.zeros(2, 1, 8, 8), torch.Generator())
+    for dispatch in ("masked", "grouped"):           # 1 channel only: the augmentation contract's
+        with pytest.raises(ValueError, match=r"\(B, 1, H, W\)"):
+            aa.apply(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), aa.draw(2, torch.Generator()), dispatch)
     with pytest.raises(ValueError, match="policy"):
-        A.BatchAutoAugment("mnist", "cpu")
+        BatchAutoAugment("mnist", "cpu")

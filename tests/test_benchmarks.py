@@ -198,7 +198,7 @@ def test_full_rows_run_the_engines_hot_path_unpatched(tmp_path):
     assert hot.stats.finite.item() == 5 and hot.loader.epoch == 1
     kornia = with_backend(hot, "kornia", 0.286, 0.353)
     assert kornia is not hot and kornia.augmenter.name == "kornia" and hot.augmenter.name == "native"
-    assert kornia.model is hot.model and kornia.step is hot.step and kornia.optimizer is hot.optimizer
+    assert kornia.model is hot.model and kornia.optimizer_step is hot.optimizer_step and kornia.optimizer is hot.optimizer
     assert with_backend(hot, "native", 0.286, 0.353) is hot
     write_trace(hot, ("native",), 0.286, 0.353, tmp_path, steps=1)
     assert all(getattr(hot, k) is v for k, v in attributes.items()) and vars(hot).keys() == attributes.keys()

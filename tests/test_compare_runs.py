@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from helpers import REPO, assert_error, run_script, tiny_args, train
 
-from fastfm.engine.compare import format_pct
+from fastfm.engine.outputs.compare import format_pct
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

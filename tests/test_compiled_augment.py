@@ -113,7 +113,7 @@ def test_autoaugment_sub_policy_per_sample(make, real_images):
 
 
 def test_hot_path_compiles_the_native_augmenter_only_off_the_cpu():
-    """The hot path's choice (``HotPath.augment``, derived again when the benchmarks swap the
+    """The hot path's choice (``HotPath.augment_batch``, derived again when the benchmarks swap the
     augmenter): compiled for the native backend under a compile mode on an accelerator; eager for
     ``none``, for Kornia and DALI, and on the CPU, where the grouped eager dispatch is faster than the
     compiled masked one (fastfm/augment/compiled.py)."""
@@ -129,9 +129,9 @@ def test_hot_path_compiles_the_native_augmenter_only_off_the_cpu():
                                 "aug": {"backend": backend},
                                 "train": {"batch_size": 64, "compile_mode": mode, "epochs": 1}})
         hot = build_hot_path(cfg, info, data, MEAN, STD)
-        assert hot.augment is hot.augmenter                         # the CPU: eager
+        assert hot.augment_batch is hot.augmenter                         # the CPU: eager
         other = create_augmenter(cfg.aug, "cpu", seed=1, mean=MEAN, std=STD)
-        assert dataclasses.replace(hot, augmenter=other).augment is other
+        assert dataclasses.replace(hot, augmenter=other).augment_batch is other
         # the same augmenter as if it lived on a GPU (the choice reads only its device; a
         # CompiledAugment compiles lazily, at its first call)
         other.device = torch.device("cuda", 0)

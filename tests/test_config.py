@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
 import pytest
 from helpers import REPO, train
 
-from fastfm.config import Config, ConfigError, keys_help
+from fastfm.config import Config, ConfigError
+from fastfm.configio import MAX_FILE_BYTES, all_keys, build, keys_help, opt, parse_overrides, section, set_dotted
 
 PRESETS = sorted((REPO / "configs").glob("*.yaml"))
 
@@ -99,9 +105,41 @@ def test_bad_yaml_names_the_key(tmp_path, text, message):
 
 
 def test_help_lists_every_section():
-    text = keys_help()
+    text = keys_help(Config)
     for key in ("--train.epochs", "--optim.lr", "--aug.backend", "--ema.decay", "--eval.tta_shift"):
         assert key in text
+
+
+def test_train_help_prints_help_for_every_key():
+    r = train(["--help"], timeout=120)
+    assert r.returncode == 0, r.stderr
+    keys = all_keys(Config)
+    assert {k.split(".")[0] for k in keys} >= {"data", "model", "aug", "optim", "sched", "train", "ema", "eval", "log"}
+    no_help = [k for k in keys
+               if not re.search(rf"^  --{re.escape(k)} \S+ \(default: .*?\)  \S", r.stdout, re.MULTILINE)]
+    assert not no_help, f"keys without a help line in --help: {no_help}"
+
+
+@dataclass
+class Inner:
+    n: int = opt(1, "a count")
+
+
+@dataclass
+class Outer:
+    tag: str = opt("x", "a tag")
+    inner: Inner = section(Inner)
+
+
+def test_configio_reads_any_schema():
+    """configio knows no fastfm section: a schema of its own gets the same keys, coercion and errors."""
+    d = {}
+    for key, value in parse_overrides(Outer, ["--n", "3", "--tag=y"]):
+        set_dotted(d, key, value)
+    assert build(Outer, d) == Outer(tag="y", inner=Inner(n=3))
+    assert "--inner.n INT (default: 1)  a count" in keys_help(Outer)
+    with pytest.raises(ConfigError, match=r"inner.m: unknown key \(did you mean 'inner.n'\?\)"):
+        build(Outer, {"inner": {"m": 1}})
 
 
 @pytest.mark.parametrize("args, message", [
@@ -114,6 +152,33 @@ def test_train_script_exits_with_error_line(args, message):
     assert r.returncode == 2
     assert r.stderr.startswith("error: ") and message in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def _not_a_config(tmp_path: Path, kind: str) -> Path:
+    if kind == "fifo":
+        os.mkfifo(tmp_path / "pipe.yaml")          # opening it for reading would wait for a writer
+        return tmp_path / "pipe.yaml"
+    if kind == "dev_zero":
+        if not Path("/dev/zero").exists():
+            pytest.skip("no /dev/zero")
+        return Path("/dev/zero")                 # endless: reading it all would fill memory
+    path = tmp_path / "big.yaml"
+    path.write_bytes(b"#" * MAX_FILE_BYTES + b"\n")
+    return path
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes")
+@pytest.mark.parametrize("kind, message", [
+    ("fifo", "is a named pipe, not a regular file"),
+    ("dev_zero", "is a device, not a regular file"),
+    ("oversize", f"is larger than {MAX_FILE_BYTES} bytes, too large for a config file"),
+])
+def test_config_must_be_a_small_regular_file(tmp_path, kind, message):
+    """One error line naming the file, promptly: the timeout turns a hang into a failure."""
+    path = _not_a_config(tmp_path, kind)
+    r = train(["--config", path], timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == f"error: config file {path}: {message}", r.stderr
 
 
 def test_default_preset_follows_the_device():

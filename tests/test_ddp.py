@@ -16,9 +16,9 @@ from fastfm.augment import AugConfig, create_augmenter
 from fastfm.data.resident import EpochLoader, ResidentData
 from fastfm.distributed import cleanup, init_distributed, wrap_ddp
 from fastfm.engine.amp import Precision, create_gradient_update
-from fastfm.engine.evaluate import evaluate_checkpoint
-from fastfm.engine.run import Interrupted, train
-from fastfm.engine.state import load_checkpoint
+from fastfm.engine.checkpoint import evaluate_checkpoint, load_checkpoint
+from fastfm.engine.run import train
+from fastfm.engine.signals import Interrupted
 from fastfm.engine.step import OptimizerStep
 
 pytestmark = pytest.mark.slow

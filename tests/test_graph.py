@@ -1,4 +1,4 @@
-"""The hot path is graph-capturable (issue 11): the native augmenter's full recipe on the masked
+"""The hot path is graph-capturable: the native augmenter's full recipe on the masked
 (CUDA, no-sync) AutoAugment path traces as one ``torch.compile`` graph with no break, and the
 two-phase call (draws eagerly, then the pure function) gives the eager call's bits, compiled or not.
 CPU only: ``torch._dynamo.explain`` and the ``eager``/``aot_eager`` backends need no C++ compiler."""
@@ -91,8 +91,8 @@ def test_training_step_graphs_have_no_breaks(optimizer):
 
 
 # ATen operator calls (views included) of one eager call of the full native recipe at batch 128 on
-# the masked AutoAugment path: 494 before issue 11, 211 now.  A regression guard: the count is
-# independent of the batch size and of the data, so a bound is a behaviour, not a timing.
+# the masked AutoAugment dispatch.  The count is independent of the batch size and of the data, so
+# a bound is a behaviour, not a timing: a regression guard on the launches per batch.
 MAX_OPS_PER_CALL = 218
 
 

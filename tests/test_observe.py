@@ -21,7 +21,7 @@ from helpers import run_script, tiny_args, train
 pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
-from fastfm.engine.summary import SUMMARY_KEYS  # noqa: E402
+from fastfm.engine.outputs.summary import SUMMARY_KEYS  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
 STEPS = 4         # per epoch: 256 images / batch 64
@@ -174,7 +174,7 @@ def test_missing_tensorboard_is_one_warning_and_the_run_finishes(tmp_path, data_
 
 
 def test_a_failing_event_write_is_one_warning_then_silence(tmp_path):
-    from fastfm.engine.tensorboard import TensorBoardLog
+    from fastfm.engine.outputs.tensorboard import TensorBoardLog
 
     class Full:
         calls = 0
@@ -265,7 +265,7 @@ def test_a_one_epoch_curve_is_visible(tmp_path):
     one point draws nothing), in the first colour of the cycle."""
     import matplotlib.image
 
-    from fastfm.engine.plots import plot_curves
+    from fastfm.engine.outputs.plots import plot_curves
 
     path = tmp_path / "curves.png"
     plot_curves([{"epoch": 1, "train_loss": 1.1, "test_loss": 0.45, "test_acc": 0.87, "lr": 0.1}], path)

@@ -11,15 +11,11 @@ import pytest
 import torch
 from helpers import StopAtCheck, assert_same_state, launch, tiny_args, tiny_config, wait_for
 
-from fastfm.engine.run import Interrupted, train
-from fastfm.engine.state import (
-    MARKER,
-    CheckpointError,
-    RunFolder,
-    RunFolderError,
-    load_checkpoint,
-    save_checkpoint,
-)
+from fastfm.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from fastfm.engine.folder import MARKER, RunFolder, RunFolderError
+from fastfm.engine.run import train
+from fastfm.engine.signals import Interrupted
+
 
 def full_recipe(tmp_path, data_root, name: str, opt: str):
     """Every source of state: dropout (torch RNG), the whole augmentation stack (augmenter RNG),

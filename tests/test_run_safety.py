@@ -21,8 +21,8 @@ import pytest
 import torch
 from helpers import REPO, assert_error, assert_same_state, launch, run_script, tiny_args, train, wait_for
 
-from fastfm.engine.evaluate import evaluate_checkpoint
-from fastfm.engine.state import MARKER, load_checkpoint, save_checkpoint
+from fastfm.engine.checkpoint import evaluate_checkpoint, load_checkpoint, save_checkpoint
+from fastfm.engine.folder import MARKER
 
 
 def base(data_root: Path, out: Path, name: str, *extra: str) -> list[str]:

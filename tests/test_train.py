@@ -16,13 +16,14 @@ from helpers import run_script, tiny_config
 from fastfm.config import Config
 from fastfm.engine import step as step_mod
 from fastfm.engine.amp import Precision, create_gradient_update
-from fastfm.engine.evaluate import evaluate_checkpoint, shift_images, tta_views
+from fastfm.engine.checkpoint import evaluate_checkpoint, load_checkpoint
+from fastfm.engine.evaluate import shift_images, tta_views
 from fastfm.engine.optim import WarmupCosine
-from fastfm.engine.run import NonFiniteLoss, train
-from fastfm.engine.state import load_checkpoint
-from fastfm.engine.step import OptimizerStep
+from fastfm.engine.run import train
+from fastfm.engine.step import NonFiniteLoss, OptimizerStep
 
 
+@pytest.mark.slow
 def test_tiny_model_learns_and_writes_run_folder(tmp_path, data_root):
     cfg = tiny_config(tmp_path, data_root, train={"epochs": 3}, data={"train_limit": 2048})
     summary = train(cfg)

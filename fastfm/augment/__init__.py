@@ -1,9 +1,9 @@
 """On-device batch augmentation behind one contract (see :mod:`fastfm.augment.base`).
 
-Backends are chosen by name; optional dependencies (Kornia, DALI) are imported only when their
-backend is chosen.  Importing this package (or :mod:`fastfm.config`) does not import torch:
-a configuration can be read without it.  ``Augmenter`` is loaded on first access, and
-:func:`create_augmenter` imports the chosen backend (and with it torch) when called.
+Backends are chosen by name from :data:`fastfm.config.BACKENDS`; each backend's module, and with it
+its optional dependency (Kornia, DALI), is imported only when :func:`create_augmenter` builds it.
+Importing this package does not import torch (a configuration can be read without it):
+``Augmenter`` is loaded on first access.
 """
 
 from __future__ import annotations
@@ -18,13 +18,6 @@ if TYPE_CHECKING:
 
     from .base import Augmenter
 
-# name -> (module, class, pip requirement shown when the import fails)
-_BACKENDS = {
-    "native": ("fastfm.augment.native_backend", "NativeAugmenter", None),
-    "kornia": ("fastfm.augment.kornia_backend", "KorniaAugmenter", "kornia"),
-    "dali": ("fastfm.augment.dali_backend", "DaliAugmenter", "fastfm[dali] (nvidia-dali-cuda130)"),
-}
-
 
 class BackendUnavailable(ImportError):
     """The chosen backend's optional dependency is not installed."""
@@ -38,7 +31,8 @@ def create_augmenter(cfg: AugConfig, device: torch.device | str, seed: int = 0,
     well-known Fashion-MNIST values, but runs pass the ones computed from the resident data.
     """
     cfg.validate()
-    module_name, cls_name, requirement = _BACKENDS[cfg.backend]
+    target, requirement = BACKENDS[cfg.backend]
+    module_name, cls_name = target.split(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

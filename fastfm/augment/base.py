@@ -11,8 +11,10 @@ A backend is built once per run by :func:`fastfm.augment.create_augmenter` and t
 * ``y``: float32 (B, num_classes) soft targets; each row sums to 1.
 
 :class:`Augmenter` is a template: ``__call__`` is written once here (input checks, the backend's own
-ops, one-hot targets, CutMix/MixUp, channels and memory format); a backend implements only
-:meth:`Augmenter._augment` (its ops from resize up to and including erasing) and its own state.
+ops, then :meth:`Augmenter._mix_and_finish`: one-hot targets, CutMix/MixUp, channels and memory
+format); a backend implements only :meth:`Augmenter._augment` (its ops from resize up to and
+including erasing) and its own state.  A backend with a two-phase call (the native one: draws, then a
+pure function that ``torch.compile`` can trace) ends its pure phase with the same tail.
 
 Randomness comes only from the backend's own generator(s), seeded at construction, so two
 augmenters of one backend built with the same seed produce the same stream, and ``state_dict()`` /
@@ -31,14 +33,15 @@ import contextlib
 import torch
 
 from ..config import AugConfig
-from .mix import mix_batch
+from .mix import apply_mix, draw_mix
 
 
 class Augmenter(abc.ABC):
     """Base class of all backends (see the module docstring for the contract).
 
-    A backend sets :attr:`name`, creates :attr:`generator` in its ``__init__`` and implements
-    :meth:`_augment`, :meth:`_state_dict` and :meth:`_load_state_dict`.
+    A backend sets :attr:`name`, creates :attr:`generator` in its ``__init__`` (or derives from
+    :class:`CounterSeeded`, which does) and implements :meth:`_augment`, :meth:`_state_dict` and
+    :meth:`_load_state_dict`.
     """
 
     name: str = "?"
@@ -47,7 +50,7 @@ class Augmenter(abc.ABC):
     op_ranges: bool = False
     #: torch.Generator on :attr:`device` that CutMix/MixUp draw from after :meth:`_augment` (and
     #: the erasing boxes, where the backend erases in torch).  Native: its one generator for every
-    #: op.  Kornia and DALI: re-seeded from (seed, batch index) at the start of every ``_augment``.
+    #: op.  Kornia and DALI: re-seeded for every batch (:class:`CounterSeeded`).
     generator: torch.Generator
 
     def __init__(self, cfg: AugConfig, device: torch.device | str, seed: int,
@@ -62,12 +65,22 @@ class Augmenter(abc.ABC):
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Augment one training batch; see the module docstring for shapes and dtypes."""
         self.check_input(images, labels)
-        x = self._augment(images)
+        return self._mix_and_finish(self._augment(images), labels)
+
+    def _mix_and_finish(self, x: torch.Tensor, labels: torch.Tensor,
+                        mix_draws: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tail of every call, eager or two-phase: one-hot targets, CutMix/MixUp, channels and
+        memory format of the backend's output ``x`` (B, 1, S, S).  ``mix_draws``: the batch's
+        :func:`~fastfm.augment.mix.draw_mix`, made beforehand by a two-phase call (then nothing is
+        drawn here and nothing is read on the host); None draws them now from :attr:`generator`."""
         y = one_hot(labels, self.cfg.num_classes)
         # CutMix/MixUp before channel repetition and memory format: they commute with both, and
         # mixing one channel is a third of the work of mixing three.
         with self.op_range("mix"):
-            x, y = mix_batch(x, y, self.cfg, self.generator)
+            if mix_draws is None:
+                b, _, h, w = x.shape
+                mix_draws = draw_mix(self.cfg, b, h, w, self.generator, x.device)
+            x, y = apply_mix(x, y, self.cfg, mix_draws)
         with self.op_range("finish"):
             return finish(x, self.cfg), y
 
@@ -153,12 +166,8 @@ _MASK64 = (1 << 64) - 1
 
 
 def derive_seed(*parts: int, bits: int = 63) -> int:
-    """A well-mixed non-negative seed from integers (splitmix64 over the parts).
-
-    Backends whose libraries draw from their own RNGs (Kornia: torch's global RNG; DALI: the
-    pipeline seed) re-seed them from (seed, purpose, batch index): counter-based seeding makes a
-    restored augmenter continue the stream exactly.  ``bits`` caps the result (DALI takes 31 bits).
-    """
+    """A well-mixed non-negative seed from integers (splitmix64 over the parts), for
+    :class:`CounterSeeded`.  ``bits`` caps the result (DALI takes 31 bits)."""
     h = 0x9E3779B97F4A7C15
     for p in parts:
         h = (h ^ (int(p) & _MASK64)) & _MASK64
@@ -168,6 +177,57 @@ def derive_seed(*parts: int, bits: int = 63) -> int:
         z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
         h = z ^ (z >> 31)
     return h & ((1 << bits) - 1)
+
+
+# Stream ids of the counter-seeded backends: the seed of stream s for batch i is
+# derive_seed(seed, s, i).  Distinct, so that no two streams of one augmenter coincide; fixed,
+# because checkpoints hold only (seed, batch counter) and resume by re-deriving them.
+MIX_STREAM = 0x313C             # Augmenter.generator: CutMix/MixUp (and DALI's erasing boxes)
+KORNIA_STREAM = 0xC0A1          # torch's global generators while Kornia runs
+DALI_PIPELINE_STREAM = 0xDA11   # the DALI pipeline's seed (31 bits)
+
+
+class CounterSeeded(Augmenter):
+    """Base of the backends whose library draws from random generators it owns (Kornia: torch's
+    global generators, which are the caller's; DALI: the pipeline seed, reset when the pipeline is
+    rebuilt).  So every stream is re-seeded per batch from (seed, stream id, batch index) and the
+    state is ``{"seed", "batches"}``: a restored augmenter re-derives the same seeds and continues
+    exactly.
+
+    A subclass calls :meth:`_next_batch` once per batch and seeds its library's generators with
+    :meth:`stream_seed`.  A CUDA device without an index is pinned to the current one, the device
+    the library's generators and the pipeline are bound to.
+    """
+
+    def __init__(self, cfg: AugConfig, device: torch.device | str, seed: int,
+                 mean: float, std: float):
+        super().__init__(cfg, device, seed, mean, std)
+        self._check_device()
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.generator = torch.Generator(device=self.device)
+        self.batches = 0            # batches augmented so far
+
+    def _check_device(self) -> None:
+        """Raise ``ValueError`` for a device the backend cannot run on (default: none)."""
+
+    def stream_seed(self, stream: int, index: int | None = None, bits: int = 63) -> int:
+        """The seed of ``stream`` for batch ``index`` (default: the next batch, :attr:`batches`)."""
+        return derive_seed(self.seed, stream, self.batches if index is None else index, bits=bits)
+
+    def _next_batch(self) -> int:
+        """Count the batch being augmented and seed :attr:`generator` for it; returns its index."""
+        index = self.batches
+        self.generator.manual_seed(self.stream_seed(MIX_STREAM, index))
+        self.batches += 1
+        return index
+
+    def _state_dict(self) -> dict:
+        return {"seed": self.seed, "batches": self.batches}
+
+    def _load_state_dict(self, state: dict) -> None:
+        self.seed = int(state.get("seed", self.seed))     # the saved stream, whatever was configured
+        self.batches = int(state["batches"])
 
 
 def resize_bilinear(x: torch.Tensor, size: int) -> torch.Tensor:

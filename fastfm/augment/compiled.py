@@ -5,14 +5,13 @@ Why two phases.  An explicit ``torch.Generator`` cannot live inside a compiled g
 that draws its own numbers (Philox inside inductor) would give a stream that no eager call, no
 checkpoint and no other device reproduces.  :meth:`~fastfm.augment.native_backend.NativeAugmenter.graph_call`
 therefore makes every random draw eagerly, from the augmenter's one generator and in the eager
-call's order (a handful of small ``rand``/``randint`` calls on (B,)-sized tensors), then runs
-:meth:`~fastfm.augment.native_backend.NativeAugmenter.apply` -- a pure function of (pixels, labels, draws)
-on the masked AutoAugment dispatch (no host reads) -- compiled.  Hence, against the eager call:
+call's order, then runs :meth:`~fastfm.augment.native_backend.NativeAugmenter.apply` -- a pure
+function of (pixels, labels, draws) on the masked AutoAugment dispatch (no host reads), ending in
+the base class's tail as an eager call does -- compiled.  Hence, against the eager call:
 
-* the same draws, in the same order, from the same generator: crops, flips, sub-policies, apply
-  coins, magnitude signs, erasing boxes, CutMix/MixUp boxes and lambdas are identical; the
-  generator's state after a call is identical, so ``state_dict()``/``load_state_dict()`` (and a
-  resumed run) behave exactly as in eager mode, and eager and compiled runs can resume each other;
+* the same draws, in the same order, from the same generator, and the same generator state after a
+  call, so ``state_dict()``/``load_state_dict()`` (and a resumed run) behave exactly as in eager
+  mode, and eager and compiled runs can resume each other;
 * pixel values may differ in the last float bits (inductor fuses and reorders float arithmetic in
   the resize, normalisation and mixing); integer ops -- crop, flip, uint8 AutoAugment, the erasing
   masks -- are exact.  tests/test_compiled_augment.py checks both and the statistics of the ops.
@@ -32,10 +31,9 @@ Kornia and DALI have no pure phase (their random draws happen inside their own o
 
 Not on the CPU.  The compiled graph is the masked AutoAugment dispatch (every op group on the whole
 batch, selected per sample): on a GPU it replaces a few hundred launches, on a CPU it only adds work
-that the grouped dispatch avoids.  Measured on the idle 2-core development VM, full recipe at batch
-512: eager grouped 11 ms per call, eager masked ~31 ms, compiled masked ~21 ms (bit-identical to
-eager).  So on the CPU the hot path keeps the eager augmenter whatever ``compile_mode`` says; the
-tests build :class:`CompiledAugment` directly.
+that the grouped dispatch avoids, and compiled masked stays slower there than eager grouped.  So on
+the CPU the hot path keeps the eager augmenter whatever ``compile_mode`` says; the tests build
+:class:`CompiledAugment` directly.
 """
 
 from __future__ import annotations

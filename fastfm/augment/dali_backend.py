@@ -5,100 +5,77 @@ Imported only when ``--aug.backend dali`` is chosen (``create_augmenter`` turns 
 
 Data path
 ---------
-* The uint8 batch (B, 1, 28, 28) is viewed as HWC samples (B, 28, 28, 1) -- for one channel the
-  NCHW -> NHWC permute is already contiguous, so this is free -- and handed to
-  ``fn.external_source`` with ``Pipeline.feed_input`` on the **same device**: ``device="gpu"`` and
-  the pipeline's ``device_id`` = the augmenter's CUDA index when the augmenter lives on CUDA (the
-  torch CUDA tensor is passed directly, ordered on torch's current stream; no host round trip), a
-  NumPy view of the CPU tensor with ``device="cpu"`` and ``device_id=None`` otherwise.
-* The pipeline output (float32 HWC, already normalised) is copied with
-  ``nvidia.dali.plugin.pytorch.feed_ndarray`` into a freshly allocated torch tensor on the same
-  device; on CUDA the outputs are collected with ``outputs(cuda_stream)`` so they are bound to torch's
-  current stream (no host sync, DALI's default "dynamic" executor) and the copy is issued on that
-  stream.  (B, S, S, 1) permuted to (B, 1, S, S) is a channels_last view, so no transpose follows.
-* Erasing (:mod:`fastfm.augment.erasing`, the box draw every backend shares) runs in torch on that
-  tensor; CutMix/MixUp (DALI has no CutMix), channel repetition and memory format follow in the base
-  class (:meth:`fastfm.augment.base.Augmenter.__call__`).
+* The uint8 batch (B, 1, 28, 28) is viewed as HWC samples (B, 28, 28, 1) -- free for one channel --
+  and handed to ``fn.external_source`` with ``Pipeline.feed_input`` on the **same device**: on CUDA
+  the torch tensor itself (``device="gpu"``, the pipeline's ``device_id`` = the augmenter's CUDA
+  index, ordered on torch's current stream; no host round trip), otherwise a NumPy view of the CPU
+  tensor (``device="cpu"``, ``device_id=None``).
+* The pipeline output (float32 HWC, already normalised) is copied with ``feed_ndarray`` into a new
+  torch tensor on the same device; on CUDA the outputs are collected with ``outputs(cuda_stream)``,
+  bound to torch's current stream, and copied on it (no host sync).  (B, S, S, 1) permuted to
+  (B, 1, S, S) is a channels_last view, so no transpose follows.
+* Erasing runs in torch on that tensor (see :meth:`DaliAugmenter._augment` for why); CutMix/MixUp
+  (DALI has none), channels and memory format follow in the base class, as for every backend.
 
 Op order (config.py): resize -> crop -> flip -> AutoAugment -> normalise (in DALI) -> erasing ->
 CutMix/MixUp -> channels (torch).  Erasing is the last op before mixing and works on the normalised
-image, which is exactly what the pipeline returns, so running it after the pipeline keeps the
-documented order.  An op that is off in the config is not put into the graph at all.
+image, which is exactly what the pipeline returns, so the documented order holds.  An op that is off
+in the config is not put into the graph at all.
 
 Random streams, seeding and resume
 ----------------------------------
 * DALI's random operators (``fn.random.*``, and those inside ``auto_augment``) are seeded from the
-  pipeline ``seed``, derived from ``(seed, batches done)``; the erasing boxes and CutMix/MixUp draw
-  from :attr:`~fastfm.augment.base.Augmenter.generator`, a torch generator on the augmenter's
-  device re-seeded for every batch from ``(seed, batch index)``.
-* ``state_dict()`` holds the batch counter (which also restores the torch generator's stream)
-  plus DALI's own checkpoint (``enable_checkpointing=True``,
-  ``Pipeline.checkpoint()``; verified with ``external_source``/``feed_input`` on DALI 2.4: the
-  operators' RNG states are restored, the external source is simply fed by us).
-  ``load_state_dict()`` rebuilds the pipeline from that checkpoint at the next call, so the next
-  batch is bit-identical to the one an uninterrupted run would have produced.
+  pipeline ``seed``, derived from (seed, :data:`~fastfm.augment.base.DALI_PIPELINE_STREAM`, batches
+  done); the erasing boxes and CutMix/MixUp draw from
+  :attr:`~fastfm.augment.base.Augmenter.generator`, re-seeded per batch
+  (:class:`~fastfm.augment.base.CounterSeeded`).
+* ``state_dict()`` holds the batch counter plus DALI's own checkpoint (``enable_checkpointing=True``,
+  ``Pipeline.checkpoint()``: it restores the operators' RNG states; the external source is simply
+  fed by us).  ``load_state_dict()`` rebuilds the pipeline from that checkpoint at the next call, so
+  the next batch is bit-identical to the one an uninterrupted run would have produced.
 * The pipeline is built lazily on the first call with ``max_batch_size`` = that batch size.  A
-  smaller batch (the last, partial one) is fed as is: DALI supports a variable batch size up to
-  the maximum, so nothing is rebuilt and no stream is reset.  A larger batch rebuilds the pipeline
-  with a seed derived from ``(seed, batches done)``, which is deterministic as well.
+  smaller batch (the last, partial one) is fed as is (DALI takes a variable batch size up to the
+  maximum), so nothing is rebuilt and no stream is reset.  A larger batch rebuilds the pipeline with
+  a seed derived from (seed, batches done), which is deterministic as well.
+* The same seed gives the same stream for this backend, not the same numbers as the native or
+  Kornia backends (different generators).
 
-Deviations from torchvision semantics (documented, deliberate or forced by DALI)
--------------------------------------------------------------------------------
-* resize: DALI's linear filter (``antialias=False``) -- the same pixel-centre convention as
+Deviations from torchvision semantics (deliberate or forced by DALI)
+--------------------------------------------------------------------
+* resize: DALI's linear filter (``antialias=False``), the pixel-centre convention of
   ``F.interpolate(bilinear, align_corners=False)``; results agree to float rounding.  With
   AutoAugment on, the resize writes uint8 (rounded), because AutoAugment works on uint8 pixels (as
   torchvision's does); with AutoAugment off it writes float32 and nothing is quantised.
-* crop: ``fn.crop`` with ``crop_pos_x/y`` drawn by ``fn.random.uniform(values=[k/d, k=0..d])``
-  (d = size - crop): every integer offset is equally likely, as in torchvision.  (A continuous
-  ``uniform(range=[0, 1])`` position would be rounded by ``fn.crop`` and give the two end offsets
-  half the probability of the others.)
-* AutoAugment: ``nvidia.dali.auto_aug.auto_augment.apply_auto_augment`` (one sub-policy drawn per
-  *sample*, each op applied with its probability, magnitudes randomly negated per sample) with a
-  policy built here from **torchvision's** tables (``torchvision.transforms.AutoAugment(...).policies``;
-  cifar10 = DALI's ``reduced_cifar10``, imagenet = DALI's ``reduced_image_net``, svhn = ``svhn``) and
-  torchvision's magnitudes: 10 bins (DALI's stock policies use 11, so its bin 9 is 90% of the
-  maximum), translate up to ``150/331 * size`` px truncated to whole pixels, posterize 8..4 bits kept,
-  solarize threshold 255..0 (DALI's stock reduced_cifar10/svhn solarize runs 0..256 and posterize
-  0..4 bits), fill 0 and nearest-neighbour warps (torchvision's AutoAugment defaults; DALI's default
-  is fill 128, bilinear).  The ops work on the single grey channel directly instead of expanding to
-  RGB and back (3x less work): ``Color`` (saturation) is the identity on a grey image, exactly as
-  torchvision's ``adjust_saturation`` on a 1-channel image, and ``Contrast`` blends towards the
-  image mean, as torchvision does for 1 channel.  Remaining differences: DALI rounds where
-  torchvision truncates when converting blended values back to uint8 (brightness, contrast,
-  sharpness, autocontrast: at most 1 grey level; every other op is bit-exact against torchvision,
-  see ``tests/test_augment_dali.py::test_ops_match_torchvision``); DALI's shear matrix shears the
-  other way for the same sign (the sign is random with probability 1/2, so the distribution is
-  the same).  ``Sharpness`` keeps the 1-pixel border unchanged, as torchvision/PIL do.
-  ``Equalize`` is DALI's ``fn.equalize``, which follows OpenCV's formula (lut = round((cdf - cdf_min)
-  * 255 / (N - cdf_min))), while torchvision follows PIL's (exclusive cumulative histogram divided
-  by (N - count of the top level) / 255): on 32 px Fashion-MNIST images the equalised pixels differ
-  by ~27 grey levels on average, PIL's version brightening the garment more.  A bit-exact PIL
-  equalize from DALI ops was prototyped (one-hot histogram and lookup, 256 ops per pixel): exact,
-  but ~0.8 ms per sample on the 2-core CPU (trivial on a GPU), so it is not used, to keep one
-  semantics on both devices.  Unknown policy names raise ``ValueError``.
-* erasing: not a DALI op here (see ``DaliAugmenter._augment`` for why): the boxes of the shared
-  :func:`fastfm.augment.erasing.draw_erasing_boxes` are applied in torch
-  (:func:`fastfm.augment.erasing.erase`, one mask and ``masked_fill`` on the device).
-* Seeds: the same seed gives the same stream for this backend, but not the same numbers as the
-  native or Kornia backends (different generators).
-* Cost on the CPU (DALI's CPU backend, ``min(4, cpu_count)`` threads; 2-core development machine,
-  batch 512, best of 15, the machine shared), measured while erasing was still ``fn.erase`` in the
-  pipeline: ~60 ms per batch for the full default recipe (cifar10 AutoAugment, erasing, CutMix),
-  ~27 ms without AutoAugment, ~20 ms for resize + crop + flip + erasing, ~11 ms for resize + crop +
-  flip.  Erasing in torch, timed side by side with that former pipeline on a busier machine: resize
-  + crop + flip + erasing ~16-20 ms where the in-pipeline version took ~28 ms.  Building the
-  pipeline (first call, and a batch larger than any before) takes ~4 s with AutoAugment -- DALI's
-  autograph rewrites the conditional graph of 25 sub-policies -- and ~0.2 s without.  On a GPU the
-  image work moves to the device but the per-sample random draws and the conditional split/merge
-  of the AutoAugment graph still run on DALI's CPU threads.  The hot path therefore feeds each
-  batch one iteration ahead (:meth:`DaliAugmenter.prefetch`, called by
-  :meth:`fastfm.engine.step.HotPath.iteration` right after the current batch's augmentation), so
-  that CPU work overlaps the current training step; ``prefetch_queue_depth=1`` suffices for one
-  batch in flight.
+* crop: ``crop_pos_x/y`` drawn by ``fn.random.uniform(values=[k/d, k=0..d])`` (d = size - crop), so
+  every integer offset is equally likely, as in torchvision (a continuous position would be rounded
+  by ``fn.crop`` and give the two end offsets half the probability of the others).
+* AutoAugment: ``apply_auto_augment`` (one sub-policy per *sample*, each op applied with its
+  probability, magnitudes randomly negated per sample) with a policy built here from
+  **torchvision's** tables and magnitudes (:func:`torchvision_policy`): 10 bins (DALI's stock
+  policies use 11), translate up to ``150/331 * size`` px truncated to whole pixels, posterize 8..4
+  bits kept, solarize threshold 255..0, fill 0 and nearest-neighbour warps (torchvision's defaults;
+  DALI's are fill 128, bilinear).  The ops work on the grey channel directly instead of expanding to
+  RGB and back: ``Color`` (saturation) is the identity on a grey image, as torchvision's
+  ``adjust_saturation`` on 1 channel, and ``Contrast`` blends towards the image mean, as torchvision
+  does for 1 channel.  ``Sharpness`` keeps the 1-pixel border, as torchvision/PIL do.  Remaining
+  differences: DALI rounds where torchvision truncates when converting blended values back to uint8
+  (brightness, contrast, sharpness, autocontrast: at most 1 grey level; every other op is bit-exact,
+  ``tests/test_augment_dali.py::test_ops_match_torchvision``); DALI's shear matrix shears the other
+  way for the same sign (the sign is random, so the distribution is the same); ``Equalize`` is
+  DALI's ``fn.equalize``, OpenCV's formula (lut = round((cdf - cdf_min) * 255 / (N - cdf_min))),
+  where torchvision follows PIL's (exclusive cumulative histogram over (N - count of the top level)
+  / 255), which brightens the garment more.  A bit-exact PIL equalize from DALI ops (a one-hot
+  histogram and lookup, 256 ops per pixel) is too slow on DALI's CPU backend, and one semantics on
+  both devices is kept.
 
-Not verified here (no GPU on the development machine): the CUDA path (``device="gpu"`` external
-source, ``outputs(cuda_stream)``, ``feed_ndarray`` on the stream, prefetching).  It follows DALI's documented API;
-run ``tests/test_augment_dali.py`` (the ``gpu``-marked test) on a CUDA machine.
+Where the time goes.  On a GPU the image work moves to the device, but the per-sample random draws
+and the conditional split/merge of the AutoAugment graph still run on DALI's CPU threads.  The hot
+path therefore feeds each batch one iteration ahead (:meth:`DaliAugmenter.prefetch`, called by
+:meth:`fastfm.engine.step.HotPath.iteration` right after the current batch's augmentation), so that
+CPU work overlaps the current training step; ``prefetch_queue_depth=1`` suffices for one batch in
+flight.  Building the pipeline (first call, and a batch larger than any before) takes seconds with
+AutoAugment: DALI's autograph rewrites the conditional graph of 25 sub-policies.  The CUDA path is
+checked by the ``gpu``-marked test of ``tests/test_augment_dali.py``.
 """
 
 from __future__ import annotations
@@ -114,7 +91,7 @@ from nvidia.dali.auto_aug.auto_augment import apply_auto_augment
 from nvidia.dali.auto_aug.core import Policy, augmentation
 from nvidia.dali.plugin.pytorch import feed_ndarray
 
-from .base import Augmenter, derive_seed
+from .base import DALI_PIPELINE_STREAM, CounterSeeded
 from ..config import AugConfig
 from .erasing import draw_erasing_boxes, erase
 
@@ -262,32 +239,25 @@ def build_pipeline(cfg: AugConfig, batch_size: int, device_id: int | None, seed:
                    checkpoint=checkpoint)
 
 
-class DaliAugmenter(Augmenter):
+class DaliAugmenter(CounterSeeded):
     """AugConfig on an NVIDIA DALI pipeline; see the module docstring."""
 
     name = "dali"
 
     def __init__(self, cfg: AugConfig, device, seed: int, mean: float, std: float):
         super().__init__(cfg, device, seed, mean, std)
-        if cfg.autoaugment != "none" and cfg.autoaugment not in _POLICY_NAMES:
-            raise ValueError(f"aug.autoaugment: the DALI backend has no policy {cfg.autoaugment!r}")
-        if self.device.type == "cuda":
-            self._device_id = (self.device.index if self.device.index is not None
-                               else torch.cuda.current_device())
-            self.device = torch.device("cuda", self._device_id)
-        elif self.device.type == "cpu":
-            self._device_id = None
-        else:
-            raise ValueError(f"the DALI backend runs on CPU or CUDA, not {self.device}")
+        self._device_id = self.device.index if self.device.type == "cuda" else None
         self._num_threads = max(1, min(4, os.cpu_count() or 1))
-        self.generator = torch.Generator(device=self.device)
-        self._batches = 0            # batches augmented so far
         self._pipe = None
         self._pipe_batch = 0         # max_batch_size of the pipeline
         self._pipe_seed = 0
         self._restore = None         # (pipe_batch, pipe_seed, checkpoint) waiting for the next call
         self._last_outputs = None    # keeps DALI's output buffers alive until the next call
         self._pending = None         # the images fed by prefetch(), not yet collected
+
+    def _check_device(self) -> None:
+        if self.device.type not in ("cpu", "cuda"):
+            raise ValueError(f"the DALI backend runs on CPU or CUDA, not {self.device}")
 
     # -- pipeline management -----------------------------------------------------------------
     def _pipeline(self, batch: int):
@@ -297,7 +267,7 @@ class DaliAugmenter(Augmenter):
             if checkpoint is not None and batch <= pipe_batch:
                 self._make_pipe(pipe_batch, pipe_seed, checkpoint)
         if self._pipe is None or batch > self._pipe_batch:
-            self._make_pipe(batch, derive_seed(self.seed, 0xDA11, self._batches, bits=31), None)
+            self._make_pipe(batch, self.stream_seed(DALI_PIPELINE_STREAM, bits=31), None)
         return self._pipe
 
     def _make_pipe(self, batch: int, seed: int, checkpoint) -> None:
@@ -367,10 +337,9 @@ class DaliAugmenter(Augmenter):
             self._pending = None
             out = self._collect(b)
         x = out.permute(0, 3, 1, 2)                               # (B, 1, S, S), channels_last view
-        # Erasing and CutMix/MixUp draw from a torch generator re-seeded per batch: counter-based
-        # like the pipeline seed, so DALI's checkpoint plus the batch counter restore both streams.
-        self.generator.manual_seed(derive_seed(self.seed, 0x313C, self._batches, bits=63))
-        self._batches += 1
+        # Erasing and CutMix/MixUp draw from the generator seeded per batch: DALI's checkpoint plus
+        # the batch counter restore both streams.
+        self._next_batch()
         if self.cfg.erasing_p > 0:
             # In torch, not fn.erase in the pipeline, so that the boxes come from the draw every
             # backend shares (fastfm.augment.erasing).  The documented order holds: erasing is the
@@ -389,12 +358,11 @@ class DaliAugmenter(Augmenter):
             pipe_batch, pipe_seed, checkpoint = self._pipe_batch, self._pipe_seed, self._pipe.checkpoint()
         else:
             pipe_batch, pipe_seed, checkpoint = 0, 0, None
-        return {"seed": self.seed, "batches": self._batches,
+        return {**super()._state_dict(),
                 "pipe_batch": pipe_batch, "pipe_seed": pipe_seed, "checkpoint": checkpoint}
 
     def _load_state_dict(self, state: dict) -> None:
-        self.seed = int(state.get("seed", self.seed))     # the saved stream, whatever was configured
-        self._batches = int(state["batches"])
+        super()._load_state_dict(state)
         self._pending = None                              # a prefetched batch belongs to the old stream
         self._pipe = None
         self._last_outputs = None

@@ -2,71 +2,48 @@
 
 Imported only when ``--aug.backend kornia`` is chosen.  Written against Kornia 0.9.
 
-Ops and order (config.py): resize -> crop -> flip -> AutoAugment -> normalise -> erasing ->
-channels -> CutMix/MixUp.  An op that is off in the config is not run (and draws nothing).
+Ops and order (config.py): resize -> crop -> flip -> AutoAugment -> normalise -> erasing; an op that
+is off in the config is not run (and draws nothing).  CutMix/MixUp, channels and memory format
+follow in the base class, as for every backend.
 
-* resize: :func:`fastfm.augment.base.resize_bilinear` (torch; Kornia's ``Resize`` computes the same
-  bilinear, ``align_corners=False`` kernel -- using the shared function keeps training and the test
-  transform equal).
+* resize: :func:`fastfm.augment.base.resize_bilinear` (Kornia's ``Resize`` computes the same
+  kernel; the shared function keeps training and the test transform equal).
 * crop: ``K.RandomCrop`` draws the offsets (uniform over every integer offset, as torchvision); the
-  window is cut with one vectorised gather here instead of Kornia's ``cropping_mode="slice"``, which
-  slices the batch sample by sample in Python (``crop_by_indices``: 512 slices + ``cat``), and
-  instead of ``"resample"``, a bilinear warp that is ~20x slower on this CPU and not bit-exact.
-* flip: ``K.RandomHorizontalFlip(p=flip_p)`` (vectorised: flips all rows, blends by the gate).
-* AutoAugment: Kornia's ``kornia.augmentation.auto.AutoAugment(policy)`` draws *one* sub-policy per
-  call for the whole batch.  Here it is per sample: a sub-policy index is drawn per sample, the batch
-  is permuted so that each sub-policy's samples are contiguous (the permutation is computed on the
-  CPU and copied to the device once, so there is no host-device sync), and each of Kornia's 25
-  sub-policy modules (``PolicySequential``, the children of ``AutoAugment``) runs once on its group;
-  the group results are scattered back.  Kornia's op modules draw their gate (probability) and
-  magnitude per row, so probabilities and magnitudes are per sample too.  Cost: a Python loop over
-  the (at most 25) sub-policies, ~2 Kornia ops each, i.e. ~50 Kornia op calls (each a handful of
-  kernels on its group) plus their parameter draws per batch -- not a loop over samples.  Pixels are scaled to
-  [0, 1] floats for Kornia and back to 0..255 (not re-quantised to uint8 between ops).
-  Sub-policies with ``color`` (Kornia's ``RandomSaturation`` needs 3 channels) run on the grey
-  channel repeated to RGB and keep channel 0 (saturation of a grey image is the identity).
-  Kornia's AutoAugment differs from torchvision's (``torchvision.transforms.AutoAugment``) in its
-  magnitudes, which this backend keeps (it is the *Kornia* backend): a magnitude bin selects the
-  interval [m_k, m_k+1] of an 11-point scale and the value is drawn uniformly in it.  For the
-  geometric ops that scale is *signed* and there is no random sign: ``rotate`` bin 9 is +24..+30
-  degrees and bin 2 is -18..-12 (torchvision: exactly 30 / 6.7 degrees with a random sign);
-  ``translate`` is a fraction of the size (bin 9: +40..+50 %; torchvision: ±45 % at most, whole
-  pixels); ``shear`` fraction x 180 is used as degrees (bin 9: 43..54 degrees; torchvision:
-  atan(0.3) = 16.7 degrees at most).  ``posterize`` and ``solarize`` run the other way (Kornia bin 8
-  keeps ~7 bits where torchvision keeps 4; solarize bin 2 thresholds at 0.2..0.3 where torchvision
-  thresholds at 198/255); ``brightness`` is additive (torchvision: multiplicative); ``contrast``,
-  ``sharpness`` and ``color`` factors come from 0.1..1.9 in bins without a random sign; geometric
-  ops are bilinear with zero fill (torchvision: nearest).  The policy *tables* are torchvision's
-  (checked identical for cifar10/imagenet/svhn).
+  window is cut with one vectorised gather, because Kornia's ``cropping_mode="slice"`` slices the
+  batch sample by sample in Python and ``"resample"`` is a bilinear warp, slow and not bit-exact.
+* flip: ``K.RandomHorizontalFlip(p=flip_p)``.
+* AutoAugment: Kornia's ``AutoAugment(policy)`` draws *one* sub-policy per call for the whole
+  batch; here a sub-policy is drawn per sample, the batch is grouped by sub-policy (the permutation
+  is computed on the CPU and copied once: no host-device sync) and each of Kornia's 25 sub-policy
+  modules runs once on its group (a loop over sub-policies, not samples).  Kornia's ops draw their
+  gate and magnitude per row, so those are per sample too.  Pixels are scaled to [0, 1] floats for
+  Kornia and back (not re-quantised between ops).  Sub-policies with ``color`` (Kornia's
+  ``RandomSaturation`` needs 3 channels) run on the grey channel repeated to RGB and keep channel 0
+  (saturation of a grey image is the identity).  The policy *tables* are torchvision's; the
+  magnitudes stay Kornia's (this is the *Kornia* backend), which differ from torchvision's: a bin
+  selects an interval of an 11-point scale and the value is uniform in it; geometric scales are
+  *signed* with no random sign (``rotate`` bin 9: +24..+30 degrees, bin 2: -18..-12), ``translate``
+  is a fraction of the size, ``shear`` fraction x 180 is used as degrees; ``posterize`` and
+  ``solarize`` run the other way; ``brightness`` is additive; ``contrast``, ``sharpness`` and
+  ``color`` factors come from 0.1..1.9 without a random sign; geometric ops are bilinear with zero
+  fill (torchvision: nearest).
 * normalise: :func:`fastfm.augment.base.normalise`.
-* erasing: ``K.RandomErasing`` applies the box on the normalised tensor (vectorised: a mask and a
-  ``where``); the boxes come from the draw every backend shares,
-  :func:`fastfm.augment.erasing.draw_erasing_boxes` (torchvision's ``RandomErasing.get_params``,
-  vectorised), fill ``erasing_value``.  Kornia's own generator differs from torchvision (ratio
-  uniform on [lo, 1] or [1, hi] with probability 1/2 each -- mean log-ratio +0.11 instead of 0 for
-  (0.3, 3.3) --, boxes clamped to the image instead of redrawn, fill restricted to 0..1), so it is
-  not used.
-* CutMix/MixUp, channel repetition and memory format: the base class
-  (:meth:`fastfm.augment.base.Augmenter.__call__`), as for every backend.
+* erasing: ``K.RandomErasing`` fills the boxes of the draw every backend shares,
+  :func:`fastfm.augment.erasing.draw_erasing_boxes`, with ``erasing_value``.  Kornia's own box
+  generator is not used: its ratio distribution is skewed, it clamps boxes instead of redrawing them
+  and it fills within 0..1 only.
 
-Random numbers.  Kornia draws all its parameters from torch's *global* CPU generator (on the CPU,
-then copies them to the batch's device).  To make this backend reproducible, resumable and
-invisible to the caller's random stream, every call runs inside :func:`torch.random.fork_rng`
-(CPU, plus the augmenter's CUDA device if any) with the generator seeded from ``(seed, batch
-index)``; the per-sample sub-policy indices and the erasing boxes come from the same forked stream,
-CutMix/MixUp from :attr:`~fastfm.augment.base.Augmenter.generator` on the device, re-seeded from
-``(seed, batch index)``.  The backend's state is just the seed and the batch counter, so a resumed
-run continues bit-exactly, and the caller's global RNG state is the same after a call as before it.
+Random numbers.  Kornia draws all its parameters from torch's *global* CPU generator.  To keep this
+backend reproducible, resumable and invisible to the caller's random stream, every call runs inside
+:func:`torch.random.fork_rng` (CPU, plus the augmenter's CUDA device) with the global generators
+seeded from (seed, :data:`~fastfm.augment.base.KORNIA_STREAM`, batch index); the per-sample
+sub-policies and the erasing boxes come from that forked stream, CutMix/MixUp from
+:attr:`~fastfm.augment.base.Augmenter.generator` (:class:`~fastfm.augment.base.CounterSeeded`).
 
-Cost of Kornia's CPU-side parameter drawing.  With ``op_ranges`` on, every parameter draw (Kornia's
-``forward_parameters`` of the crop, flip and 25 sub-policy modules, the per-sample sub-policy and
-erasing draws) runs in the profiler range ``aug.params``, nested in the range of its op
-(``throughput.py --trace``).  Host time of those draws, measured on the 2-core development CPU
-(no GPU), batch 512, default recipe (cifar10 AutoAugment, erasing 0.5, CutMix 0.5): about 3 ms
-of parameter drawing out of ~30 ms for the whole call (~10 %); the rest is Kornia's image work,
-mostly the AutoAugment ops (~25 ms: ~50 op calls per batch, each on its sub-policy's group).  On a
-GPU the draws stay on the CPU and cost the same host time while the image work shrinks, so there
-the ~3 ms of draws plus the ~50 op launches per batch become the bulk of the host time.
+With ``op_ranges`` on, every parameter draw (Kornia's ``forward_parameters``, the per-sample
+sub-policy and erasing draws) also runs in the range ``aug.params``, nested in its op's range: they
+run on the CPU whatever the device, so on a GPU they and Kornia's many small launches are most of
+the host time.
 """
 
 from __future__ import annotations
@@ -79,7 +56,7 @@ import torch
 from kornia.augmentation.auto import AutoAugment
 from kornia.augmentation.auto.operations import Saturate
 
-from .base import Augmenter, derive_seed, normalise, resize_bilinear
+from .base import KORNIA_STREAM, CounterSeeded, normalise, resize_bilinear
 from ..config import AugConfig
 from .erasing import draw_erasing_boxes
 
@@ -134,15 +111,13 @@ class PerSampleAutoAugment(torch.nn.Module):
         return out
 
 
-class KorniaAugmenter(Augmenter):
+class KorniaAugmenter(CounterSeeded):
     """AugConfig on Kornia modules; see the module docstring."""
 
     name = "kornia"
 
     def __init__(self, cfg: AugConfig, device, seed: int, mean: float, std: float):
         super().__init__(cfg, device, seed, mean, std)
-        if self.device.type == "cuda" and self.device.index is None:
-            self.device = torch.device("cuda", torch.cuda.current_device())
         size = cfg.resize or 28
         self._crop = (K.RandomCrop((cfg.crop, cfg.crop), p=1.0)
                       if cfg.crop and cfg.crop != size else None)
@@ -152,30 +127,22 @@ class KorniaAugmenter(Augmenter):
         # p=1: Kornia's own coin and box draw are never used; every sample gets the box of the
         # shared draw (0 x 0, i.e. nothing erased, where that draw says no).
         self._erase = K.RandomErasing(p=1.0) if cfg.erasing_p > 0 else None
-        self.generator = torch.Generator(device=self.device)
-        self._batches = 0
 
     def _draw(self, module, shape):
         """Kornia's parameter draw of ``module`` for a batch of ``shape``, in the "params" range."""
         with self.op_range("params"):
             return module.forward_parameters(shape)
 
-    def _fork_devices(self) -> list[int]:
-        return [self.device.index] if self.device.type == "cuda" else []
-
-    def _seed_globals(self, seed: int) -> None:
-        torch.default_generator.manual_seed(seed)
-        if self.device.type == "cuda":
-            torch.cuda.default_generators[self.device.index].manual_seed(seed)
-
     def _augment(self, images: torch.Tensor) -> torch.Tensor:
         """resize -> crop -> flip -> AutoAugment -> normalise -> erasing, (B, 1, S, S) float32, with
         torch's global RNGs forked and seeded for this batch (see the module docstring)."""
-        index = self._batches
-        self.generator.manual_seed(derive_seed(self.seed, 0x313C, index))     # CutMix/MixUp
-        self._batches += 1
-        with torch.random.fork_rng(devices=self._fork_devices()):
-            self._seed_globals(derive_seed(self.seed, 0xC0A1, index))
+        index = self._next_batch()
+        cuda = [self.device.index] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            seed = self.stream_seed(KORNIA_STREAM, index)
+            torch.default_generator.manual_seed(seed)
+            for i in cuda:
+                torch.cuda.default_generators[i].manual_seed(seed)
             return self._ops(images)
 
     def _ops(self, images: torch.Tensor) -> torch.Tensor:
@@ -227,10 +194,3 @@ class KorniaAugmenter(Augmenter):
         cols = (x0[:, None] + steps).to(x.device, non_blocking=True)
         x = torch.gather(x, 2, rows.view(b, 1, size, 1).expand(b, c, size, w))
         return torch.gather(x, 3, cols.view(b, 1, 1, size).expand(b, c, size, size))
-
-    def _state_dict(self) -> dict:
-        return {"seed": self.seed, "batches": self._batches}
-
-    def _load_state_dict(self, state: dict) -> None:
-        self.seed = int(state.get("seed", self.seed))     # the saved stream, whatever was configured
-        self._batches = int(state["batches"])

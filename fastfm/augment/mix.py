@@ -1,11 +1,13 @@
 """CutMix and MixUp as whole-batch tensor ops, run for every backend by
-:meth:`fastfm.augment.base.Augmenter.__call__` after the backend's own ops.
+:meth:`fastfm.augment.base.Augmenter._mix_and_finish` after the backend's own ops.
 
 Every sample ``i`` is mixed with partner ``i - 1`` (the batch rolled by one): batches come from a
 fresh device permutation each epoch, so the neighbour is a random sample, and a roll never pairs a
 sample with itself.  Each sample independently gets CutMix with probability ``cutmix_p``, MixUp with
 probability ``mixup_p``, or stays as it is.  The partner's weight in the soft target is the exact
-pasted area fraction (CutMix) or the blend factor (MixUp).
+pasted area fraction (CutMix) or the blend factor (MixUp).  The random half (:func:`draw_mix`)
+depends on shapes only, never on the pixels, so a two-phase call can draw first and apply
+(:func:`apply_mix`) inside a compiled graph.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def draw_cutmix_boxes(alpha: float, b: int, h: int, w: int, generator: torch.Gen
     integer centre ``cy ~ U{0..H-1}``, ``cx ~ U{0..W-1}``, and the box
     ``[cy - cut_h // 2, cy + cut_h // 2) x [cx - cut_w // 2, cx + cut_w // 2)`` clipped to the image.
     The label weight of the pasted partner is then the clipped box's area fraction (torchvision's
-    ``lam`` adjusted to the box), which :func:`mix_batch` uses exactly.
+    ``lam`` adjusted to the box), which :func:`apply_mix` uses exactly.
 
     Draws, in this order, from ``generator`` (on ``device``): lam (see :func:`sample_beta`), cy (b,),
     cx (b,).  Returns ``(y0, y1, x0, x1)``, each int64 (b,): rows ``y0 <= i < y1``, columns
@@ -87,23 +89,11 @@ def _draw_cutmix_spans(alpha: float, b: int, h: int, w: int, generator: torch.Ge
             torch.stack((end[0].clamp(0, h), end[1].clamp(0, w))))
 
 
-def mix_batch(x: torch.Tensor, targets: torch.Tensor, cfg: AugConfig,
-              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Apply per-sample CutMix / MixUp to a float batch ``x`` (B, C, H, W) and soft ``targets`` (B, K).
-
-    Returns new tensors; ``x`` keeps its memory format.  Draws, in this order: the per-sample choice
-    (B,), the CutMix boxes (:func:`draw_cutmix_boxes`; only when ``cutmix_p > 0``), the MixUp
-    weights (only when ``mixup_p > 0``).  With both probabilities 0 it returns the inputs untouched
-    and draws nothing, so switching mixing off does not shift other streams.
-    ``mix_batch = apply_mix(draw_mix(...))``: the draws depend on shapes only, never on the pixels.
-    """
-    b, _, h, w = x.shape
-    return apply_mix(x, targets, cfg, draw_mix(cfg, b, h, w, generator, x.device))
-
-
 def draw_mix(cfg: AugConfig, b: int, h: int, w: int, generator: torch.Generator, device) -> dict:
-    """The random half of :func:`mix_batch` for ``b`` images of ``h`` x ``w`` (same draws, same
-    order); ``{}`` when mixing is off."""
+    """The draws of per-sample CutMix / MixUp for ``b`` images of ``h`` x ``w``, in this order: the
+    per-sample choice (b,), the CutMix boxes (:func:`draw_cutmix_boxes`; only when ``cutmix_p > 0``),
+    the MixUp weights (only when ``mixup_p > 0``).  ``{}`` with both probabilities 0: switching
+    mixing off draws nothing, so it does not shift other streams."""
     if cfg.cutmix_p <= 0 and cfg.mixup_p <= 0:
         return {}
     d = {"choice": torch.rand(b, generator=generator, device=device)}
@@ -116,8 +106,9 @@ def draw_mix(cfg: AugConfig, b: int, h: int, w: int, generator: torch.Generator,
 
 def apply_mix(x: torch.Tensor, targets: torch.Tensor, cfg: AugConfig,
               draws: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """The deterministic half of :func:`mix_batch`: no random draws, no host reads (traceable by
-    ``torch.compile`` as part of one graph)."""
+    """Mix the float batch ``x`` (B, C, H, W) and soft ``targets`` (B, K) as :func:`draw_mix`'s
+    ``draws`` say; new tensors, ``x``'s memory format kept (the inputs themselves when ``draws`` is
+    empty).  No random draws, no host reads: ``torch.compile`` traces it as part of one graph."""
     if not draws:
         return x, targets
     b, _, h, w = x.shape

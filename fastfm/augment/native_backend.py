@@ -7,9 +7,14 @@ reads a tensor value on the host: no ``.item()``, no ``bool(tensor)``, no boolea
 Python branch on tensor values, no per-sample Python loop.  Python branches only look at the config
 and at shapes.  A step that is switched off draws no random numbers, so turning one op off does not
 shift the random stream of the others.  The shared steps -- the erasing boxes
-(:mod:`fastfm.augment.erasing`) and CutMix/MixUp (:mod:`fastfm.augment.mix`, run by
-:meth:`~fastfm.augment.base.Augmenter.__call__`) -- follow the same rules and draw from the same
-generator.
+(:mod:`fastfm.augment.erasing`) and CutMix/MixUp (:mod:`fastfm.augment.mix`, run by the base
+class's tail) -- follow the same rules and draw from the same generator.
+
+Draws and application are split: every draw depends on shapes and the config only, never on pixel
+values, so all of them can be made first (:meth:`NativeAugmenter.draw`, in the stream's order:
+crop/flip, AutoAugment, erasing, CutMix/MixUp) and the pixels then go through a pure function
+(:meth:`NativeAugmenter.apply`), which ``torch.compile`` can trace (:mod:`fastfm.augment.compiled`).
+An eager call and the two phases give the same bits from the same generator state.
 """
 
 from __future__ import annotations
@@ -17,10 +22,10 @@ from __future__ import annotations
 import torch
 
 from .autoaugment import BatchAutoAugment
-from .base import Augmenter, finish, normalise, one_hot, resize_bilinear
+from .base import Augmenter, normalise, resize_bilinear
 from ..config import AugConfig
 from .erasing import draw_erasing_boxes, erase
-from .mix import apply_mix, draw_mix
+from .mix import draw_mix
 
 
 class NativeAugmenter(Augmenter):
@@ -28,11 +33,9 @@ class NativeAugmenter(Augmenter):
 
     ``aug(images uint8 (B, 1, 28, 28), labels int64 (B,)) -> (x float32 (B, C, S, S), y float32 (B, K))``
     following the op order documented in :class:`fastfm.config.AugConfig`.  AutoAugment is
-    :class:`~fastfm.augment.autoaugment.BatchAutoAugment` (one sub-policy per sample; its module
-    docstring explains the vectorisation and its cost: about five full-batch passes per op slot).
-    All randomness, CutMix/MixUp included, comes from one ``torch.Generator`` on ``device`` seeded
-    with ``seed``; ``state_dict()`` holds its state, so a restored augmenter continues the stream
-    bit for bit.
+    :class:`~fastfm.augment.autoaugment.BatchAutoAugment` (one sub-policy per sample).  All randomness, CutMix/MixUp included,
+    comes from one ``torch.Generator`` on ``device`` seeded with ``seed``; ``state_dict()`` holds its
+    state, so a restored augmenter continues the stream bit for bit.
     """
 
     name = "native"
@@ -50,12 +53,6 @@ class NativeAugmenter(Augmenter):
     def _augment(self, images: torch.Tensor) -> torch.Tensor:
         b, _, h, w = images.shape
         return self._apply_own(images, self._draw_own(b, h, w))
-
-    # Draws and application are split: every random draw depends on shapes and the config only,
-    # never on pixel values, so all of them can be made first (eagerly, from the generator, in the
-    # stream's order: crop/flip, AutoAugment, erasing, then CutMix/MixUp in the base class) and the
-    # pixels then go through a pure function.  Eager calls and :meth:`graph_call` therefore give the
-    # same bits from the same generator state.
 
     def _sizes(self, h: int, w: int) -> tuple[int, int, int]:
         """(height, width) after resize, and the side after the crop, of (h, w) inputs."""
@@ -122,10 +119,7 @@ class NativeAugmenter(Augmenter):
         the masked AutoAugment dispatch) no host reads, so ``torch.compile(..., fullgraph=True)``
         traces it as one graph (tests/test_graph.py).  ``dispatch``: AutoAugment's, e.g. ``"masked"``
         to trace the CUDA path on CPU tensors."""
-        x = self._apply_own(images, draws, dispatch)
-        y = one_hot(labels, self.cfg.num_classes)
-        x, y = apply_mix(x, y, self.cfg, draws["mix"])
-        return finish(x, self.cfg), y
+        return self._mix_and_finish(self._apply_own(images, draws, dispatch), labels, draws["mix"])
 
     def graph_call(self, images: torch.Tensor, labels: torch.Tensor,
                    apply=None) -> tuple[torch.Tensor, torch.Tensor]:

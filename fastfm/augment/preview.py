@@ -38,7 +38,7 @@ def write_grid(out: str | Path, augmenters: dict, images: torch.Tensor, labels: 
     """
     n = len(images)
     dev = images.device
-    devices = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
+    devices = [dev.index] if dev.type == "cuda" else []         # a tensor's CUDA device has an index
     panels = []
     with torch.random.fork_rng(devices=devices):
         for title, a in augmenters.items():

@@ -96,7 +96,7 @@ def time_training(step: Callable[[torch.Tensor, torch.Tensor], object], images_u
     """The baseline end to end: ``DataLoader`` workers run the per-sample transforms, the main process
     applies CutMix, moves the batch to ``device`` and calls ``step(x, soft_targets)``.
 
-    ``step``: the engine's optimizer step (``HotPath.step``), built by the caller for fp32, NCHW.
+    ``step``: the engine's optimizer step (``HotPath.optimizer_step``), built by the caller for fp32, NCHW.
     ``timing``: :func:`~fastfm.bench.timing.time_fn`'s warm-up, iters and repeats.
     """
     loader = torch.utils.data.DataLoader(

@@ -6,15 +6,15 @@ Every training figure times the engine's own hot path, :class:`~fastfm.engine.st
 * ``aug``: each backend's whole augmentation stack on one resident batch
   (:func:`fastfm.bench.aug_cost.aug_row`), and the ``baseline`` row: the original per-sample PIL
   pipeline's augmentation in one process (:func:`fastfm.bench.baseline.aug_row`);
-* ``step``: ``hot.step`` (forward, backward, optimizer) on a synthetic float batch;
+* ``step``: ``hot.optimizer_step`` (forward, backward, optimizer) on a synthetic float batch;
 * ``full``: per backend, what the trainer does per step: the next batch of ``hot.loader`` (epochs
   advanced with ``set_epoch``), then ``hot.iteration`` (schedule, augmentation, step, device-side
   loss statistics, EMA when configured), without the trainer's periodic progress refresh (one host
   sync every ``train.log_every`` steps).  One hot path serves every backend: a backend's row runs
   ``dataclasses.replace(hot, augmenter=<that backend's>)``, so the model is built (and compiled) once;
 * ``baseline``: the original report's pipeline on this machine: torchvision transforms on PIL images
-  in a ``DataLoader`` with worker processes, CutMix on the collated batch, then ``hot.step`` of a hot
-  path built for fp32, NCHW, batch 128 (:func:`fastfm.bench.baseline.time_training`);
+  in a ``DataLoader`` with worker processes, CutMix on the collated batch, then ``hot.optimizer_step``
+  of a hot path built for fp32, NCHW, batch 128 (:func:`fastfm.bench.baseline.time_training`);
 * ``reference``: the GTX 1060 6GB ceiling, *computed* from the model's FLOPs per image and the card's
   FP32 peak (:mod:`fastfm.bench.flops`), never measured.
 * the matrix (``--matrix``, :func:`matrix_rows`): ``step`` and ``full`` rows of a hot path built by
@@ -200,7 +200,7 @@ def describe(hot: HotPath) -> dict:
                 channels_last=c.aug.channels_last, compile_mode=c.train.compile_mode, optimizer=c.optim.name,
                 ema=c.ema.enabled, input=(c.aug.channels, c.aug.out_size, c.aug.out_size),
                 # the augmenter is compiled with the model only off the CPU (fastfm/augment/compiled.py)
-                augmenter_compiled=hot.augment is not hot.augmenter)
+                augmenter_compiled=hot.augment_batch is not hot.augmenter)
 
 
 def aug_rows(s: Settings, pool: ResidentData, log: RowLog) -> None:
@@ -217,7 +217,7 @@ def aug_rows(s: Settings, pool: ResidentData, log: RowLog) -> None:
 
 def step_row(s: Settings, hot: HotPath) -> Row:
     x, targets = synthetic_batch(hot.cfg, s.batch_size, s.device)
-    t = time_fn(lambda: hot.step(x, targets), s.device, **s.timing)
+    t = time_fn(lambda: hot.optimizer_step(x, targets), s.device, **s.timing)
     return Row.timed("step", "synthetic input", s.batch_size, t, precision=hot.precision.name,
                      config=describe(hot))
 
@@ -239,9 +239,10 @@ def baseline_row(s: Settings, pool: ResidentData, mean: float, std: float, flops
     hot = build_single(cfg, s.device, pool, mean, std)
     if baseline.SIZE not in flops:
         flops[baseline.SIZE] = train_flops_per_image(hot.model, cfg.aug.channels, baseline.SIZE, s.device)
-    t = baseline.time_training(hot.step, pool.images.squeeze(1).cpu().numpy(), pool.labels.cpu().numpy(),
-                               batch_size=s.baseline_batch, workers=s.workers, device=s.device,
-                               channels=cfg.aug.channels, num_classes=cfg.aug.num_classes, **s.timing)
+    t = baseline.time_training(hot.optimizer_step, pool.images.squeeze(1).cpu().numpy(),
+                               pool.labels.cpu().numpy(), batch_size=s.baseline_batch, workers=s.workers,
+                               device=s.device, channels=cfg.aug.channels, num_classes=cfg.aug.num_classes,
+                               **s.timing)
     return Row.timed("baseline", "baseline", s.baseline_batch, t, precision=hot.precision.name,
                      flops_per_image=flops[baseline.SIZE],
                      config=dict(describe(hot), pipeline=baseline.DESCRIPTION, workers=s.workers))
@@ -356,9 +357,9 @@ def matrix_cell(s: Settings, data: ResidentData, mean: float, std: float, batch:
         ran["note"] = "reduce-overhead on the CPU: compiled without CUDA graphs (they need CUDA)"
     x, targets = synthetic_batch(hot.cfg, batch, s.device)
     images, labels = data.images[:batch], data.labels[:batch]
-    ops = dict(step=count_op_calls(lambda: hot.step(x, targets), s.device),
-               augmenter=count_op_calls(lambda: hot.augment(images, labels), s.device))
-    step_t = time_fn(lambda: hot.step(x, targets), s.device, **s.timing)
+    ops = dict(step=count_op_calls(lambda: hot.optimizer_step(x, targets), s.device),
+               augmenter=count_op_calls(lambda: hot.augment_batch(images, labels), s.device))
+    step_t = time_fn(lambda: hot.optimizer_step(x, targets), s.device, **s.timing)
     full_t = time_fn(iteration_fn(hot), s.device, **s.timing)
     common = dict(precision=hot.precision.name, variant=variant, flops_per_image=flops_per_image, op_calls=ops)
     return [Row.timed("step", "synthetic input", batch, step_t, config=ran, **common),

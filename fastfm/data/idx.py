@@ -5,12 +5,9 @@ Format: a big-endian header, then raw uint8 bytes in row-major order.
 * labels: magic 2049 (0x00000801), count; then ``count`` bytes.
 * images: magic 2051 (0x00000803), count, rows, cols; then ``count * rows * cols`` bytes.
 
-A file may be gzipped; :func:`read_idx` recognises gzip by its magic bytes (0x1f 0x8b), not by the
-name.  Every problem with a file raises :class:`DataError` with a message that names the file.
-
-A header is untrusted input: its dimensions (up to 2**32 - 1 each) may declare terabytes.  Sizes are
-computed with Python integers and checked against what the file can hold before the data are read,
-so memory never exceeds the declared size and is bounded by what the file really holds.
+A file may be gzipped (recognised by its magic bytes, not its name).  A header is untrusted input:
+its dimensions (up to 2**32 - 1 each) may declare terabytes, so :func:`read_idx` checks them
+against the file before reading data.  Every problem with a file raises :class:`DataError` naming it.
 """
 
 from __future__ import annotations
@@ -48,7 +45,7 @@ SHAPES = {name: shape
           for name, shape in ((images, (COUNTS[split], IMAGE_SIZE, IMAGE_SIZE)),
                               (labels, (COUNTS[split],)))}
 _GZIP_MAGIC = b"\x1f\x8b"
-# gzip level 6: about as small as 9 on these images and several times faster to write.
+# gzip's default level: a higher one gains little on these images and writes slower.
 _GZIP_LEVEL = 6
 _CHUNK = 1 << 20
 
@@ -76,12 +73,11 @@ def is_gzip(path: str | os.PathLike) -> bool:
 def read_idx(path: str | os.PathLike, shape: tuple[int, ...] | None = None) -> np.ndarray:
     """Read one IDX file (raw or gzipped) into a writable uint8 array shaped as its header says.
 
-    Checks: readable (gzip neither truncated nor corrupt), magic 2049 or 2051, complete header, no
-    zero dimension, the header's shape equal to ``shape`` when given (before any data are read), and
-    a data length equal to the size the header declares (neither short nor with trailing bytes).
-    The declared size is checked against the file's size (raw) or the gzip trailer before the data
-    are read, and no read asks for more than the declared size + 1 bytes, so memory stays bounded
-    by what the file holds, whatever the header claims.  Raises :class:`DataError` naming ``path``.
+    Raises :class:`DataError` naming ``path`` for an unreadable, truncated or corrupt file, a magic
+    other than 2049/2051, a zero dimension, a shape other than ``shape`` (when given), and data
+    shorter or longer than the header declares.  Shape and size are checked against the header and
+    the file's size (or gzip trailer) before the data are read, and no read asks for more than the
+    declared size + 1 bytes, so memory stays bounded by what the file holds.
     """
     path = Path(path)
     try:
@@ -174,13 +170,13 @@ def _length_mismatch(path: Path, dims: tuple[int, ...], size: int, held: int, ex
 
 
 def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Write ``array`` as an IDX file at ``path``, atomically (see :func:`atomic_writer`).
+    """Write ``array`` as an IDX file at ``path``, atomically (:func:`fastfm.files.atomic_writer`).
 
     ``array`` must be uint8, 1-d (labels, magic 2049) or 3-d (images, magic 2051), with no zero
     dimension (:func:`read_idx` rejects such files); else ValueError.  The file is gzipped when
     ``path`` ends in ``.gz``, with a fixed header timestamp so equal arrays give equal bytes.  Raises
-    :class:`DataError` naming ``path`` when it cannot be written (read-only folder, full disk); the
-    temporary file is then removed and ``path`` left as it was.
+    :class:`DataError` naming ``path`` when it cannot be written (read-only folder, full disk), with
+    ``path`` left as it was.
     """
     array = np.asarray(array)
     if array.dtype != np.uint8:
@@ -216,8 +212,8 @@ def check_split(split: str, images: np.ndarray, labels: np.ndarray,
                 images_path: str | os.PathLike, labels_path: str | os.PathLike) -> None:
     """Check a split's arrays as read from ``images_path`` / ``labels_path`` (named in errors).
 
-    Images must be (N, 28, 28), labels (N,), with N the official count (60,000 train, 10,000 test),
-    labels in 0..9 and every class exactly N/10 times.  Raises :class:`DataError`.
+    Images must be (N, 28, 28), labels (N,), with N the official count (:data:`COUNTS`), labels in
+    0..9 and every class exactly N/10 times.  Raises :class:`DataError`.
     """
     if images.ndim != 3:
         raise DataError(f"{images_path}: holds a labels file (magic {LABELS_MAGIC}), expected images")

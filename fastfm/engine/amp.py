@@ -1,23 +1,15 @@
-"""Precision set-up, done once per run: an autocast context and a gradient-update object (timm's
-split of autocast and scaler).
+"""Precision set-up, done once per run: an autocast context (:class:`Precision`) and a gradient-update
+object (:func:`create_gradient_update`), timm's split of autocast and scaler.
 
-* :func:`resolve_precision`: ``auto`` -> bf16 on a CUDA device that supports it, fp16 on an older
-  one, fp32 on the CPU.
-* :class:`Precision`: ``precision.autocast()`` is the forward pass's context (a no-op for fp32).
-* :func:`create_gradient_update`: the object that owns backward, (loss scaling and unscaling,)
-  gradient clipping, the optimizer step and zeroing the gradients.  The training step calls
-  ``update(loss, optimizer)`` whatever the precision; only the object differs.
+The update object owns backward, loss scaling, gradient clipping, the optimizer step and zeroing
+the gradients: the training step calls ``update(loss, optimizer)`` whatever the precision.  It
+counts the steps a ``torch.amp.GradScaler`` skips (inf/NaN gradients) on the device, without a host
+sync; the trainer reads the count at its periodic refresh (:mod:`fastfm.engine.run`).
 
-Skipped steps.  A :class:`GradScaler` skips the optimizer step when a gradient is inf/NaN.  The
-update object counts skipped steps on the device (``update.skipped``) without a host sync: after
-``update()`` the scale has shrunk exactly when the step was skipped (backoff < 1), so comparing the
-scale before and after is a device-side test.  The trainer reads the count at its periodic refresh
-and takes skipped steps out of the learning-rate schedule (:mod:`fastfm.engine.run`).
-
-Host syncs.  bf16/fp32 steps need none.  On the fp16 path, torch's ``GradScaler.step`` reads
-``found_inf`` on the host (one ``.item()`` per step) unless the optimizer is fused (Adam, AdamW, SGD
-with ``fused=True`` on CUDA), which takes the flag on the device: so fp16 is sync-free only with a
-fused optimizer.  bf16 (the default on Ampere and later) never needs the scaler.
+Host syncs: bf16/fp32 steps need none.  On the fp16 path, torch's ``GradScaler.step`` reads
+``found_inf`` on the host once per step unless the optimizer is fused (Adam, AdamW, SGD with
+``fused=True`` on CUDA), which takes the flag on the device: fp16 is sync-free only with a fused
+optimizer.
 """
 
 from __future__ import annotations
@@ -95,8 +87,9 @@ class ScaledGradientUpdate(GradientUpdate):
 
     def __call__(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
         self.scaler.scale(loss).backward()
-        # GradScaler keeps the scale as a device tensor (``_scale``, created by the first scale()):
-        # reading it directly is the only way to see the skip without a host sync.
+        # After update() the scale has shrunk exactly when the step was skipped (backoff < 1).
+        # GradScaler keeps it as a device tensor (``_scale``, created by the first scale()): reading
+        # it directly is the only way to see the skip without a host sync.
         before = self.scaler._scale.clone()
         if self.clip_grad > 0:
             self.scaler.unscale_(optimizer)

@@ -3,9 +3,8 @@
 :class:`ModelEma` keeps timm ``ModelEmaV3``'s arithmetic (the same decay schedule, the same
 ``_foreach_lerp_`` over the floating-point state, plain copies of the integer state such as
 BatchNorm's ``num_batches_tracked``) but builds its tensor lists once: timm's ``update`` walks both
-models' ``state_dict()`` every step, a few hundred Python-level dict entries and detach() calls
-that cost as much host time as the GPU step of a small model.  The lists stay valid because
-training and ``load_state_dict`` update those tensors in place.
+models' ``state_dict()`` every step, host work on the order of a small model's whole GPU step.  The
+lists stay valid because training and ``load_state_dict`` update those tensors in place.
 """
 
 from __future__ import annotations
@@ -22,8 +21,8 @@ class ModelEma:
     ``module``: the averaged copy (eval mode), what evaluation and checkpoints use
     (``ema.module.state_dict()``, ``ema.module.load_state_dict(...)``).  ``update(step)``: after
     the optimizer step of global step ``step``; never syncs.  With ``warmup`` the decay is timm's
-    ``min(decay, 1 - (1 + s) ** -2/3)`` with ``s = step - 1`` (warmup_gamma 1, power 2/3), and
-    steps 0 and 1 copy the weights (decay 0), exactly as ``ModelEmaV3(use_warmup=True)``.
+    ``min(decay, 1 - (1 + s) ** -2/3)`` with ``s = step - 1``, and steps 0 and 1 copy the weights
+    (decay 0), exactly as ``ModelEmaV3(use_warmup=True)``.
     """
 
     def __init__(self, model: nn.Module, decay: float, warmup: bool = True, warmup_power: float = 2 / 3):

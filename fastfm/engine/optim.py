@@ -7,32 +7,30 @@ import math
 import torch
 from torch import nn
 
-from ..config import OptimConfig, SchedConfig
-
-# fastfm name -> timm optimizer name.  timm's "sgd" is SGD with Nesterov momentum; "lookahead_radam"
-# is Ranger (Lookahead(k=6, alpha=0.5) around torch's RAdam), as in the original report.
-TIMM_NAMES = {"adam": "adam", "adamw": "adamw", "sgd": "sgd", "ranger": "lookahead_radam"}
-FUSABLE = ("adam", "adamw", "sgd")
+from ..config import OPTIMIZERS, OptimConfig, SchedConfig
 
 
 def create_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
-    """The optimizer named by ``cfg.name`` over ``model``'s parameters, built by timm.
+    """The optimizer named by ``cfg.name`` (:data:`fastfm.config.OPTIMIZERS`) over ``model``'s
+    parameters, built by timm.
 
     Weight decay skips biases and normalisation weights (timm's ``filter_bias_and_bn``).
     ``fused=True`` (torch's fused CUDA kernels, which also take GradScaler's inf flag on the device)
-    is used for adam/adamw/sgd on CUDA when ``cfg.fused``.  NVIDIA apex is deliberately not used:
-    torch >= 2.11 has fused Adam/AdamW/SGD built in, and apex has no RAdam to fuse Ranger with.
+    is used on CUDA when ``cfg.fused`` and the optimizer has such a kernel.  NVIDIA apex is
+    deliberately not used: torch >= 2.11 has fused Adam/AdamW/SGD built in, and apex has no RAdam to
+    fuse Ranger with.
     """
     from timm.optim import (
         create_optimizer_v2,  # timm is slow to import: only when building
     )
 
+    timm_name, has_fused = OPTIMIZERS[cfg.name]
     kwargs = {}
-    if cfg.name in ("adam", "adamw", "ranger"):
+    if cfg.name != "sgd":              # the adaptive optimizers
         kwargs.update(betas=tuple(cfg.betas), eps=cfg.eps)
-    if cfg.name in FUSABLE and cfg.fused and device.type == "cuda":
+    if has_fused and cfg.fused and device.type == "cuda":
         kwargs["fused"] = True
-    return create_optimizer_v2(model, opt=TIMM_NAMES[cfg.name], lr=cfg.lr, weight_decay=cfg.weight_decay,
+    return create_optimizer_v2(model, opt=timm_name, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                momentum=cfg.momentum, filter_bias_and_bn=True, **kwargs)
 
 

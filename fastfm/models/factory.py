@@ -15,23 +15,22 @@ from torch import nn
 from ..config import Config, ConfigError
 from .wrn import WideResNet
 
-# Entries of a training checkpoint that hold its weights, in the order timm's own loader prefers
-# them (fastfm's checkpoints keep theirs under "model").
+# Where a training checkpoint keeps its weights, in the order timm's own loader prefers (fastfm's
+# checkpoints: "model").
 _WEIGHT_ENTRIES = ("state_dict_ema", "model_ema", "state_dict", "model")
 
 
 def create_model(cfg: Config) -> nn.Module:
-    """Build ``cfg.model`` for ``cfg.aug.channels`` input channels and ``cfg.aug.num_classes`` classes.
+    """Build ``cfg.model`` for ``cfg.aug.channels`` input channels and ``cfg.aug.num_classes`` classes,
+    float32 on the CPU (the caller moves it).
 
-    ``model.name == "wrn"`` gives :class:`~fastfm.models.wrn.WideResNet`; any other name goes to
-    ``timm.create_model(name, num_classes=..., in_chans=..., pretrained=False)``.  Pretrained weights
-    come only from the local file ``model.pretrained`` (no model hub is reachable), read by
-    :func:`read_weights`: for timm models through timm's own loader, which adapts the stem to 1
-    channel and drops a 1000-class head, so the file must use timm's parameter names for that
-    model; for a WRN, a state dict or a fastfm checkpoint of the same architecture.  Parameters are
-    float32 on the CPU; the caller moves the model.  Raises :class:`ConfigError` for an unknown
-    name, and, naming ``model.pretrained``, for a weights file that is missing, not plain weights,
-    non-finite, or does not fit the model.
+    ``model.name == "wrn"`` gives :class:`~fastfm.models.wrn.WideResNet`; any other name is a timm
+    model.  Pretrained weights come only from the local file ``model.pretrained`` (no model hub is
+    reachable), checked by :func:`read_weights`.  A timm model loads them through timm's own loader,
+    which adapts the stem to the input channels and drops a 1000-class head, so the file must use
+    timm's parameter names for that model; a WRN takes a state dict or a fastfm checkpoint of the
+    same architecture.  Raises :class:`ConfigError` for an unknown name, and, naming
+    ``model.pretrained``, for weights that are missing, unreadable or do not fit the model.
     """
     m = cfg.model
     weights = Path(m.pretrained) if m.pretrained else None
@@ -120,11 +119,10 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
 
     Accepted: a plain state dict (``torch.save(model.state_dict(), path)``, or ``.safetensors``), or
     a training checkpoint holding one under ``state_dict_ema``, ``model_ema``, ``state_dict`` or
-    ``model`` (the first present, as timm's loader picks; a fastfm checkpoint: ``model``).  A
-    ``module.`` prefix (a DDP-wrapped model's) is removed.  The file is read with
-    ``weights_only=True``: a pickle of anything but tensors and containers is refused, never run.
-    Raises :class:`ConfigError` naming ``model.pretrained`` when the file cannot be read that way,
-    holds anything but a mapping of names to tensors, or holds NaN or inf.
+    ``model`` (the first present).  A ``module.`` prefix (a DDP-wrapped model's) is removed.  The
+    file is read with ``weights_only=True``: a pickle of anything but tensors and containers is
+    refused, never run.  Raises :class:`ConfigError` naming ``model.pretrained`` when the file cannot
+    be read that way, holds anything but a mapping of names to tensors, or holds NaN or inf.
     """
     path = Path(path)
     try:

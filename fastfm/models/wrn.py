@@ -2,9 +2,9 @@
 
 WRN-``depth``-``width``: a 3x3 stem of 16 channels, then three groups of ``(depth - 4) / 6``
 pre-activation basic blocks with ``16k``, ``32k`` and ``64k`` channels (strides 1, 2, 2), then
-BN-activation, global average pooling and a linear classifier.  It is the reference layout
-(xternalz/WideResNet-pytorch, used by the original report): WRN-40-4 has 8,949,210 parameters with
-3 input channels and 8,948,922 with 1.  Works at any input size (28 or 32 px here).
+BN-activation, global average pooling and a linear classifier: the reference layout
+(xternalz/WideResNet-pytorch, used by the original report; tests/test_models.py checks its parameter
+count).  Works at any input size (28 or 32 px here).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-ACTIVATIONS = {"relu": nn.ReLU, "mish": nn.Mish}
+from ..config import WRN_ACTIVATIONS
 
 
 class BasicBlock(nn.Module):
@@ -50,10 +50,10 @@ class WideResNet(nn.Module):
             raise ValueError(f"WRN depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 40, ...), got {depth}")
         if width < 1:
             raise ValueError(f"WRN width must be >= 1, got {width}")
-        if act not in ACTIVATIONS:
-            raise ValueError(f"activation {act!r} is not one of {', '.join(ACTIVATIONS)}")
+        if act not in WRN_ACTIVATIONS:
+            raise ValueError(f"activation {act!r} is not one of {', '.join(WRN_ACTIVATIONS)}")
         n = (depth - 4) // 6
-        act_cls = ACTIVATIONS[act]
+        act_cls = getattr(nn, WRN_ACTIVATIONS[act])
         widths = (16 * width, 32 * width, 64 * width)
         self.stem = nn.Conv2d(in_chans, 16, 3, 1, 1, bias=False)
         blocks, cin = [], 16

@@ -2,7 +2,7 @@
 
     tensorboard --logdir runs
 
-One step axis for everything: the global optimizer step (skipped steps included, ``Progress.step``).
+One step axis for everything: the global optimizer step (skipped steps included, ``Progress.global_step``).
 
 * ``train/loss``, ``train/lr``, ``train/images_per_sec`` at every progress refresh (every
   ``train.log_every`` steps and at an epoch's end), at the step reached.  The figures are the ones
@@ -20,7 +20,7 @@ Resuming without duplicates.  A resumed run opens a new event file with ``purge_
 checkpoint's step + 1: TensorBoard then drops, for every tag, the events of the earlier files at that
 step or later, i.e. whatever the stopped run wrote after the checkpoint it resumes from (the events
 at the checkpoint's step itself were all written before the checkpoint was), and the resumed run
-writes them again, as :func:`~fastfm.engine.state.trim_metrics` does for ``metrics.jsonl``.  This is
+writes them again, as :func:`~fastfm.engine.folder.trim_metrics` does for ``metrics.jsonl``.  This is
 why the epoch and final figures sit on the step axis too: purging works on steps, never on epochs.
 The final figures sit one step past the last so that a resumed run whose epochs were all done (it
 only evaluates again) replaces them instead of adding a second point.

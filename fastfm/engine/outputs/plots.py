@@ -2,15 +2,15 @@
 
 matplotlib is imported inside the functions (it is slow to import) and used through its
 object-oriented API with the Agg canvas: no pyplot, no global backend switch, no display needed.
-Figures are written atomically (:func:`fastfm.data.idx.atomic_writer`), so a reader never sees half
-a PNG and a crash never leaves one.
+Figures are written atomically (:func:`fastfm.files.atomic_writer`), so a reader never sees half a
+PNG and a crash never leaves one.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..files import atomic_writer
+from ...files import atomic_writer
 
 
 def _figure(width: float, height: float):

@@ -1,5 +1,4 @@
-"""Run state: the run folder and what is written into it (ownership, a lock, atomic checkpoints,
-metrics), where a run is (:class:`Progress`), and the rules of resuming.
+"""The run folder: what fastfm writes into ``runs/<name>/``, who may write there, and how.
 
 ``runs/<name>/``::
 
@@ -9,7 +8,7 @@ metrics), where a run is (:class:`Progress`), and the rules of resuming.
     metrics.jsonl  one JSON object per epoch
     summary.json   the final figures
     last.pt        everything needed to resume (written every epoch, on SIGTERM/SIGINT, and every
-                   train.checkpoint_every_min minutes)
+                   train.checkpoint_every_min minutes); the format: :mod:`fastfm.engine.checkpoint`
     best.pt        weights and config at the best test accuracy (for scripts/evaluate.py)
     curves.png, confusion.png   rewritten at every evaluation (live)
     augment.png    real training images before and after the run's augmentation (at the start)
@@ -26,10 +25,10 @@ Safety rules (a run name is one plain path component, checked by the config):
   decides anything about the folder until it exits.  The kernel drops the lock when the process
   dies, however it dies, so a killed run leaves no stale lock; a second launch fails at once,
   naming the holder's pid.
-* Every file is written atomically (temporary file in the same folder, fsync, rename; see
-  :func:`fastfm.data.idx.atomic_writer`): a crash or a kill during a save leaves the previous file
-  intact.  Temporary files left by a process killed mid-write are removed when the folder is next
-  opened.  A failed write (disk full, read-only) is a :class:`RunFolderError` naming the file.
+* Every file is written atomically (:func:`fastfm.files.atomic_writer`): a crash or a kill during
+  a save leaves the previous file intact.  Temporary files left by a process killed mid-write are
+  removed when the folder is next opened.  A failed write (disk full, read-only) is a
+  :class:`RunFolderError` naming the file.
 """
 
 from __future__ import annotations
@@ -38,18 +37,15 @@ import contextlib
 import datetime
 import errno
 import fcntl
-import io
 import json
 import os
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
+from ..distributed import DistInfo, broadcast_object
 from ..files import atomic_writer
 
-CHECKPOINT_VERSION = 1
 MARKER = ".fastfm-run"
 LOCK = ".lock"
 # What a run writes (and so what fastfm may delete when a run folder is emptied).
@@ -63,68 +59,13 @@ TB_EVENTS = "events.out.tfevents."
 _TEMP = re.compile(r"\.(?:%s)\.\d+\.[0-9a-f]{8}\.tmp" % "|".join(re.escape(a) for a in ARTIFACTS))
 
 
-# Keys that may differ between a run and its resumption without a warning.
-RESUME_FREE_KEYS = ("train.resume", "train.progress", "train.log_every", "train.checkpoint_every_min",
-                    "train.dist_timeout_s", "train.device", "data.root", "model.pretrained", "log.tensorboard")
-# Keys a resumption cannot follow: they shape the weights, the optimizer and gradient-update state,
-# or the steps of an epoch.  Resuming with any of them changed is refused, naming them.
-RESUME_FIXED = ("model.", "aug.channels", "aug.num_classes", "optim.name", "train.batch_size",
-                "train.precision", "train.on_nonfinite", "data.train_limit", "ema.enabled")
-
-
-@dataclass
-class Progress:
-    """Where the run is; saved in ``last.pt`` (and in ``best.pt``, whose best_* it describes)."""
-
-    epoch: int = 0            # epochs completed
-    epoch_step: int = 0       # batches done in epoch ``epoch`` (mid-epoch checkpoints)
-    step: int = 0             # optimizer steps taken, skipped ones included
-    skipped: int = 0          # steps skipped for a non-finite loss or gradient, as of the last refresh
-    loss_sum: float = 0.0     # the epoch's accumulators at a mid-epoch checkpoint (all ranks)
-    finite: int = 0
-    best_acc: float = -1.0    # best test accuracy of the final weights (EMA when kept)
-    best_epoch: int = 0
-    wall_time: float = 0.0    # seconds of training and evaluation, summed over resumptions
-
-
 class RunFolderError(Exception):
     """The run folder may not be used as asked: foreign, locked, unwritable, or nothing to resume."""
-
-
-class CheckpointError(Exception):
-    """A checkpoint file is missing, unreadable, not a fastfm checkpoint, or does not fit this run."""
 
 
 def _write_failed(path: Path, e: OSError) -> RunFolderError:
     why = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
     return RunFolderError(f"could not write {path}: {why}; the previous version (if any) is intact")
-
-
-def save_checkpoint(state: dict, path: str | Path) -> None:
-    """Write ``state`` with ``torch.save`` atomically: ``path`` holds the old or the new file, whole."""
-    # Serialised in memory first: torch's zip writer turns a failed write (a full disk) into an
-    # opaque RuntimeError ("unexpected pos"); a plain write of the bytes raises the OSError itself.
-    buffer = io.BytesIO()
-    torch.save({"version": CHECKPOINT_VERSION, **state}, buffer)
-    try:
-        with atomic_writer(path) as f:
-            f.write(buffer.getbuffer())
-    except OSError as e:
-        raise _write_failed(Path(path), e) from None
-
-
-def load_checkpoint(path: str | Path, map_location: torch.device | str = "cpu") -> dict:
-    """Read a checkpoint written by :func:`save_checkpoint` (tensors only: ``weights_only=True``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION or "config" not in state:
-        raise CheckpointError(f"{path}: not a fastfm checkpoint (version {CHECKPOINT_VERSION})")
-    return state
 
 
 class RunFolder:
@@ -233,6 +174,25 @@ class RunFolder:
         return None
 
 
+def open_run_folder(out_dir: str | Path, name: str, resume: str, overwrite: bool, info: DistInfo,
+                    warn: Callable[[str], None]) -> tuple[RunFolder | None, str | None]:
+    """Rank 0 opens (and locks) the folder and decides; every rank gets the checkpoint to resume
+    from, or the error.  Returns (the open folder on rank 0, else None; ``last.pt`` or None)."""
+    folder, outcome = None, None
+    if info.is_primary:
+        try:
+            folder = RunFolder.open(out_dir, name, resume, overwrite)
+            for line in folder.warnings:
+                warn(line)
+            outcome = ("ok", str(folder.resume_from) if folder.resume_from else None)
+        except RunFolderError as e:
+            outcome = ("error", str(e))
+    kind, value = broadcast_object(outcome)
+    if kind == "error":
+        raise RunFolderError(value)
+    return folder, value
+
+
 def _owned(run: Path) -> bool:
     """True when fastfm may use ``run``: it holds fastfm's marker, or holds nothing (or only the
     lock of a launch that is creating it right now)."""
@@ -244,13 +204,17 @@ def _owned(run: Path) -> bool:
         raise RunFolderError(f"cannot read the run folder {run}: {e.strerror}") from None
 
 
-def write_text(path: Path, text: str) -> None:
-    """Atomic write of a text file; :class:`RunFolderError` naming the file when it fails."""
+def write_bytes(path: str | Path, data) -> None:
+    """Atomic write of ``data`` (bytes or a buffer); :class:`RunFolderError` naming the file when it fails."""
     try:
         with atomic_writer(path) as f:
-            f.write(text.encode())
+            f.write(data)
     except OSError as e:
-        raise _write_failed(path, e) from None
+        raise _write_failed(Path(path), e) from None
+
+
+def write_text(path: Path, text: str) -> None:
+    write_bytes(path, text.encode())
 
 
 def append_jsonl(path: Path, record: dict) -> None:
@@ -296,38 +260,6 @@ def writing(path: Path):
         raise _write_failed(path, e) from None
 
 
-# ---------------------------------------------------------------------- resuming
-
-
-def resume_changes(now: dict, saved: dict, path: Path) -> list[str]:
-    """The config changes between a checkpoint's config (``saved``) and this run's (``now``), as
-    ``key: old -> new`` strings, for a warning; raises :class:`ConfigError`-like
-    :class:`CheckpointError` when a key of :data:`RESUME_FIXED` changed."""
-    now, before = _flatten(now), _flatten(saved)
-    changed = [k for k in now if now[k] != before.get(k) and k not in RESUME_FREE_KEYS]
-    fixed = [k for k in changed if k.startswith(RESUME_FIXED)]
-    describe = [f"{k}: {before.get(k)!r} -> {now[k]!r}" for k in changed]
-    if fixed:
-        raise ResumeRefused(f"cannot resume {path} with a changed "
-                            f"{', '.join(d for k, d in zip(changed, describe) if k in fixed)}: the "
-                            f"checkpoint cannot follow that change; restore the value(s), or start a new "
-                            f"run (--name)")
-    return describe
-
-
-class ResumeRefused(CheckpointError):
-    """The run's config changed in a key that the checkpoint cannot follow."""
-
-
-def best_so_far(best: Path) -> tuple[float, int]:
-    """(accuracy, epoch) that ``best.pt`` holds, or (-1, 0) without one.  After a crash between the
-    two writes ``best.pt`` may be an epoch ahead of ``last.pt``: what it holds is the truth."""
-    if not best.is_file():
-        return -1.0, 0
-    saved = load_checkpoint(best).get("progress") or {}
-    return saved.get("best_acc", -1.0), saved.get("best_epoch", 0)
-
-
 def trim_metrics(path: Path, epochs_done: int, warn) -> None:
     """Drop records of epochs after the checkpoint (written before a crash, redone on resume) and a
     partial last line (a crash in the middle of an append)."""
@@ -338,13 +270,3 @@ def trim_metrics(path: Path, epochs_done: int, warn) -> None:
     text = "".join(json.dumps(r) + "\n" for r in kept)
     if text != path.read_text(errors="replace"):
         write_text(path, text)
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out

@@ -1,6 +1,6 @@
 """The figures of a trained model, as ``summary.json`` holds them: built in one place for the run's
 end (:meth:`~fastfm.engine.run.Run.finish`) and for ``scripts/evaluate.py --json``
-(:func:`~fastfm.engine.evaluate.evaluate_checkpoint`), so the two files cannot drift apart.
+(:func:`~fastfm.engine.checkpoint.evaluate_checkpoint`), so the two files cannot drift apart.
 
 Every key is always present (:data:`SUMMARY_KEYS`); a figure that does not apply is ``null``: the TTA
 keys without TTA, ``test_*_model`` when the final weights are the model itself (no EMA).
@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..runinfo import git_revision
+from ...runinfo import git_revision
 
 if TYPE_CHECKING:
-    from .evaluate import EvalResult
+    from ..evaluate import EvalResult
 
 SUMMARY_KEYS = ("test_acc", "test_loss", "test_acc_tta", "test_loss_tta", "tta_views", "best_test_acc",
                 "best_epoch", "final_weights", "test_acc_model", "test_loss_model", "per_class_acc",
@@ -69,5 +69,6 @@ def build_summary(*, final: EvalResult, final_weights: str, model: EvalResult | 
         "device": device, "world_size": world_size, "precision": precision, "epochs": epochs,
         "wall_time_s": wall_time_s, "git_revision": git_revision(), "torch": torch.__version__,
     }
-    assert tuple(summary) == SUMMARY_KEYS     # the one list of keys; a new key goes into both
+    if tuple(summary) != SUMMARY_KEYS:      # the one list of keys: a new key goes into both
+        raise RuntimeError(f"summary keys {tuple(summary)} differ from SUMMARY_KEYS {SUMMARY_KEYS}")
     return summary

@@ -19,9 +19,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..files import OutputPathError, atomic_writer, check_writable
+from ...files import OutputPathError, atomic_writer, check_writable
+from ..folder import MARKER, RunFolderError, read_jsonl
 from .plots import _figure, _save
-from .state import MARKER, RunFolderError, read_jsonl
 from .summary import median_images_per_sec
 
 # The columns of the table and the keys of the JSON rows; numbers in the JSON are as the run wrote
