@@ -4,7 +4,7 @@
 * the draws stay eager: same targets, same generator stream as the eager call, resumable from an
   eager augmenter's state and back; pixels equal up to float rounding;
 * the statistics of its ops -- flip rate, crop offsets, erasing boxes, CutMix areas, MixUp weights,
-  a sub-policy per sample -- pass the very tests every backend passes (tests/test_augment_contract.py),
+  a sub-policy per sample -- pass the very checks every backend passes (tests/augment_stats.py),
   run here on the compiled call;
 * the hot path picks it for the native backend when ``compile_mode`` is not ``none`` off the CPU,
   and leaves Kornia/DALI (no pure phase), eager runs and CPU runs alone;
@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 
+import augment_stats as stats
 import pytest
-import test_augment_contract as contract
 import torch
 
 from fastfm.augment import AugConfig, create_augmenter
 from fastfm.augment.compiled import CompiledAugment, compile_augmenter
 
-MEAN, STD = contract.MEAN, contract.STD
+MEAN, STD = stats.MEAN, stats.STD
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
@@ -89,27 +89,27 @@ def test_compiled_call_keeps_the_eager_stream_and_resumes_both_ways(make, real_i
 
 @pytest.mark.parametrize("p", [0.25, 1.0])
 def test_flip_rate(make, batch4k, p):
-    contract.test_flip_rate(make, batch4k, p)
+    stats.check_flip_rate(make, batch4k, p)
 
 
 def test_crop_offsets_uniform(make, batch4k):
-    contract.test_crop_offsets_uniform(make, batch4k)
+    stats.check_crop_offsets_uniform(make, batch4k)
 
 
 def test_erasing_boxes(make, batch4k):
-    contract.test_erasing_boxes(make, batch4k)
+    stats.check_erasing_boxes(make, batch4k)
 
 
 def test_cutmix_weight_is_pasted_area(make):
-    contract.test_cutmix_weight_is_pasted_area(make)
+    stats.check_cutmix_weight_is_pasted_area(make)
 
 
 def test_mixup_weights(make):
-    contract.test_mixup_weights(make)
+    stats.check_mixup_weights(make)
 
 
 def test_autoaugment_sub_policy_per_sample(make, real_images):
-    contract.test_autoaugment_sub_policy_per_sample(make, real_images, "cifar10")
+    stats.check_autoaugment_sub_policy_per_sample(make, real_images, "cifar10")
 
 
 def test_hot_path_compiles_the_native_augmenter_only_off_the_cpu():

@@ -24,11 +24,7 @@ def imported_modules(path: Path) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("path", [
-    pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="reuses the contract's statistics tests by "
-                                                                 "importing test_augment_contract"))
-    if p.name == "test_compiled_augment.py" else p
-    for p in TEST_FILES], ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", TEST_FILES, ids=lambda p: p.stem)
 def test_a_test_file_imports_no_other_test_file(path):
     test_modules = {p.stem for p in TEST_FILES}
     assert not imported_modules(path) & test_modules, f"{path.name} imports a test file; share through helpers.py"
