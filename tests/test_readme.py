@@ -7,10 +7,10 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_script
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
@@ -50,10 +50,10 @@ def test_each_documented_command_starts(command, tmp_path):
     words = shlex.split(command.replace("\\|", "|"))
     script = words[1]
     if script.endswith(".sh"):
-        argv = ["bash", str(REPO / script), str(tmp_path / "out"), "--dry-run"]
+        r = subprocess.run(["bash", script, str(tmp_path / "out"), "--dry-run"], cwd=REPO, capture_output=True,
+                           text=True, timeout=120)
     else:
-        argv = [sys.executable, str(REPO / script), "--help"]
-    r = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120)
+        r = run_script(script, "--help", timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip()
 

@@ -17,10 +17,9 @@ Data path
 * Erasing runs in torch on that tensor (see :meth:`DaliAugmenter._augment` for why); CutMix/MixUp
   (DALI has none), channels and memory format follow in the base class, as for every backend.
 
-Op order (config.py): resize -> crop -> flip -> AutoAugment -> normalise (in DALI) -> erasing ->
-CutMix/MixUp -> channels (torch).  Erasing is the last op before mixing and works on the normalised
-image, which is exactly what the pipeline returns, so the documented order holds.  An op that is off
-in the config is not put into the graph at all.
+Op order: :class:`fastfm.config.AugConfig`'s.  Erasing works on the normalised image, which is
+what the pipeline returns, so running it in torch keeps the order.  An op that is off is not put
+into the graph.
 
 Random streams, seeding and resume
 ----------------------------------
@@ -69,13 +68,10 @@ Deviations from torchvision semantics (deliberate or forced by DALI)
   both devices is kept.
 
 Where the time goes.  On a GPU the image work moves to the device, but the per-sample random draws
-and the conditional split/merge of the AutoAugment graph still run on DALI's CPU threads.  The hot
-path therefore feeds each batch one iteration ahead (:meth:`DaliAugmenter.prefetch`, called by
-:meth:`fastfm.engine.step.HotPath.iteration` right after the current batch's augmentation), so that
-CPU work overlaps the current training step; ``prefetch_queue_depth=1`` suffices for one batch in
-flight.  Building the pipeline (first call, and a batch larger than any before) takes seconds with
-AutoAugment: DALI's autograph rewrites the conditional graph of 25 sub-policies.  The CUDA path is
-checked by the ``gpu``-marked test of ``tests/test_augment_dali.py``.
+and the conditional split/merge of the AutoAugment graph still run on DALI's CPU threads, so the hot
+path feeds each batch one iteration ahead (:meth:`DaliAugmenter.prefetch`) and that work overlaps
+the training step (``prefetch_queue_depth=1``: one batch in flight).  Building the pipeline with
+AutoAugment takes seconds: DALI's autograph rewrites the conditional graph of 25 sub-policies.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Imported only when ``--aug.backend kornia`` is chosen.  Written against Kornia 0.9.
 
-Ops and order (config.py): resize -> crop -> flip -> AutoAugment -> normalise -> erasing; an op that
+Ops and order (:class:`fastfm.config.AugConfig`): resize -> crop -> flip -> AutoAugment -> normalise -> erasing; an op that
 is off in the config is not run (and draws nothing).  CutMix/MixUp, channels and memory format
 follow in the base class, as for every backend.
 
